@@ -1,0 +1,46 @@
+# msp: build, test, demo and benchmark. `make test` and `make demo` install what they need.
+
+PYTHON ?= python3
+SWIFT ?= swift
+ARCH := $(shell uname -m)
+# x86-64 builds target AVX2 machines (x86-64-v3 = Haswell's instruction set), never -march=native.
+ifeq ($(ARCH),x86_64)
+CPU_FLAGS := -Xswiftc -target-cpu -Xswiftc haswell -Xcc -march=x86-64-v3
+endif
+RELEASE_FLAGS := -c release -Xswiftc -static-stdlib $(CPU_FLAGS)
+LIB := .build/release/libmsp.so
+export MSP_LIBRARY_PATH := $(CURDIR)/$(LIB)
+
+.PHONY: all deps lib test test-swift test-abi test-c test-python demo bench clean
+
+all: lib
+
+deps:
+	@bash scripts/install_deps.sh
+
+lib:
+	$(SWIFT) build $(RELEASE_FLAGS)
+
+test: deps lib test-swift test-abi test-c test-python
+
+test-swift:
+	$(SWIFT) test
+
+test-abi: lib
+	$(PYTHON) scripts/check_exports.py include/msp.h $(LIB) Tests/MSPTests/HeaderSignatureTests.swift
+
+test-c: lib
+	$(MAKE) -C examples/c run
+
+test-python: lib
+	cd python && $(PYTHON) -m pytest -q tests
+
+demo: deps lib
+	$(PYTHON) examples/demo.py
+
+bench: deps lib
+	$(PYTHON) examples/bench.py
+
+clean:
+	rm -rf .build
+	$(MAKE) -C examples/c clean

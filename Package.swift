@@ -1,0 +1,28 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "msp",
+    products: [
+        // The shared library `libmsp.so` that C programs and the Python package load.
+        .library(name: "msp", type: .dynamic, targets: ["MSP"]),
+        // The Swift API of the core algorithms.
+        .library(name: "MSPCore", targets: ["MSPCore"]),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CMSPBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        // Thread-local error text for the C ABI.
+        .target(name: "CMSPSupport"),
+        // `include/msp.h` as a module: the C ABI target implements exactly these declarations.
+        .systemLibrary(name: "CMSPHeader"),
+        .target(name: "MSPCore", dependencies: ["CMSPBLAS"]),
+        .target(name: "MSP", dependencies: ["MSPCore", "CMSPSupport", "CMSPHeader"]),
+        .testTarget(name: "MSPCoreTests", dependencies: ["MSPCore"]),
+        .testTarget(name: "MSPTests", dependencies: ["MSP", "MSPCore", "CMSPHeader"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

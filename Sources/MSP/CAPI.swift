@@ -1,0 +1,68 @@
+// CAPI: the boundary every entry point goes through: argument checks on raw C values, and the
+// mapping of thrown errors to a status code and the thread's error message.
+
+import CMSPHeader
+import CMSPSupport
+import MSPCore
+
+/// Runs an entry point's body: on success clears the calling thread's error message and returns
+/// `MSP_OK`; on a thrown error stores its message and returns its status. Never traps.
+func boundary(_ body: () throws -> Void) -> msp_status {
+    do {
+        try body()
+        mspsupport_set_error("")
+        return MSP_OK
+    } catch let error as MSPError {
+        mspsupport_set_error(error.message)
+        switch error {
+        case .invalidArgument: return MSP_ERR_INVALID_ARGUMENT
+        case .outOfMemory: return MSP_ERR_OUT_OF_MEMORY
+        case .infeasible: return MSP_ERR_INFEASIBLE
+        case .cancelled: return MSP_ERR_CANCELLED
+        case .invalidState: return MSP_ERR_INVALID_STATE
+        }
+    } catch {
+        mspsupport_set_error("internal error: \(error)")
+        return MSP_ERR_INTERNAL
+    }
+}
+
+/// Unwraps a pointer argument.
+/// - Throws: `MSPError.invalidArgument` "`name` is NULL".
+func required<P>(_ pointer: P?, _ name: String) throws -> P {
+    guard let pointer else { throw MSPError.invalidArgument("\(name) is NULL") }
+    return pointer
+}
+
+/// Converts a dtype argument.
+/// - Throws: `MSPError.invalidArgument` for a value that is not an `MSP_DTYPE_*` constant.
+func elementType(_ dtype: msp_dtype) throws -> ElementType {
+    guard let type = ElementType(rawValue: dtype) else {
+        throw MSPError.invalidArgument("dtype (\(dtype)) is not MSP_DTYPE_F32, MSP_DTYPE_F16 or MSP_DTYPE_BF16")
+    }
+    return type
+}
+
+/// Converts an element count argument: it must be positive and its byte size must fit in `Int`.
+/// - Throws: `MSPError.invalidArgument` naming the argument.
+func elementCount(_ count: Int64, _ name: String, type: ElementType) throws -> Int {
+    guard count > 0 else { throw MSPError.invalidArgument("\(name) (\(count)) must be > 0") }
+    guard let n = Int(exactly: count), !n.multipliedReportingOverflow(by: type.byteWidth).overflow else {
+        throw MSPError.invalidArgument("\(name) (\(count)) is too large")
+    }
+    return n
+}
+
+/// Converts matrix shape arguments: both positive, and the element and byte counts must fit in `Int`.
+/// - Throws: `MSPError.invalidArgument` naming the argument.
+func matrix(rows: Int64, cols: Int64, dtype: msp_dtype) throws -> Matrix {
+    let type = try elementType(dtype)
+    guard rows > 0 else { throw MSPError.invalidArgument("rows (\(rows)) must be > 0") }
+    guard cols > 0 else { throw MSPError.invalidArgument("cols (\(cols)) must be > 0") }
+    let (count, overflow) = rows.multipliedReportingOverflow(by: cols)
+    guard !overflow else {
+        throw MSPError.invalidArgument("rows * cols (\(rows) * \(cols)) overflows int64")
+    }
+    _ = try elementCount(count, "rows * cols", type: type)
+    return Matrix(rows: Int(rows), cols: Int(cols), type: type)
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what msp needs to build and test, only where it is missing: OpenBLAS (Debian), and
+# numpy, pytest and the CPU build of torch (PyPI).
+set -euo pipefail
+PYTHON=${PYTHON:-python3}
+
+if ! pkg-config --exists openblas 2>/dev/null; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenblas-dev pkg-config
+fi
+
+missing=()
+for module in numpy pytest; do
+    $PYTHON -c "import $module" 2>/dev/null || missing+=("$module")
+done
+[ ${#missing[@]} -eq 0 ] || $PYTHON -m pip install -q "${missing[@]}"
+
+if ! $PYTHON -c "import torch" 2>/dev/null; then
+    $PYTHON -m pip install -q "torch==2.13.0+cpu" || $PYTHON -m pip install -q torch
+fi
