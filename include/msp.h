@@ -260,6 +260,302 @@ msp_status msp_fisher_reset(msp_fisher *fisher);
 msp_status msp_fisher_add_diagonal(const void *grad, msp_dtype dtype, int64_t count, float *diag_inout,
                                    double scale);
 
+/* ---------------------------------------------------------------------------------------------
+ * Planning: problems, levels and budgets
+ *
+ * A plan assigns one level (an index into the level set) to every layer. Its average sparsity is
+ * sum_l size_l * sparsity(level_l) / sum_l size_l, and it is feasible when that average is within
+ * `tolerance` of `target`, every layer's level lies within its bounds, and layers of one group share
+ * one level. Every plan the library emits is feasible.
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ * One allowed choice for a layer. For an N:M level 0 < n <= m <= 32 (n == m is dense) and
+ * sparsity must equal 1 - n/m; for an unstructured level n = m = 0.
+ */
+typedef struct msp_level {
+    double sparsity; /* fraction of weights pruned, in [0, 1) */
+    int32_t n;       /* kept per group of m, or 0 */
+    int32_t m;       /* group size, or 0 */
+} msp_level;
+
+/* A validated planning problem: layer sizes, level set, groups, bounds, target. Opaque. */
+typedef struct msp_problem msp_problem;
+
+/*
+ * Creates a problem over `num_layers` layers and a level set, with target 0.5 and tolerance 0.001
+ * until msp_problem_set_target is called.
+ *
+ *   sizes       num_layers parameter counts > 0 whose sum fits in int64_t (copied).
+ *   levels      num_levels levels with strictly increasing sparsity in [0, 1) (copied).
+ *   num_levels  in [1, 256].
+ *   out         receives the handle; release it with msp_problem_free.
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL, num_layers <= 0, a size <= 0, sizes overflowing,
+ * levels unsorted, out of [0, 1) or with an inconsistent N:M); MSP_ERR_OUT_OF_MEMORY.
+ */
+msp_status msp_problem_create(const int64_t *sizes, int64_t num_layers, const msp_level *levels,
+                              int64_t num_levels, msp_problem **out);
+
+/* Releases a problem. Accepts NULL. Searches created from it keep their own copy. */
+void msp_problem_free(msp_problem *problem);
+
+/*
+ * Makes layers share levels: layers with equal group ids (>= 0) always get the same level; a
+ * group's size is the sum of its layers' sizes. `groups` = NULL makes every layer its own group.
+ * Returns MSP_OK or MSP_ERR_INVALID_ARGUMENT (NULL problem, a negative id); the problem is
+ * unchanged on error.
+ */
+msp_status msp_problem_set_groups(msp_problem *problem, const int64_t *groups);
+
+/*
+ * Bounds each layer's level: min_level[l] <= level_l <= max_level[l] (indices into the level set).
+ * Either array may be NULL for no bound on that side. The bounds of a group are the intersection
+ * of its layers' bounds. Returns MSP_OK or MSP_ERR_INVALID_ARGUMENT (index out of range, min > max,
+ * a group whose layers' bounds do not intersect); the problem is unchanged on error.
+ */
+msp_status msp_problem_set_bounds(msp_problem *problem, const int32_t *min_level, const int32_t *max_level);
+
+/*
+ * Sets the average sparsity to reach and the tolerance around it.
+ *
+ *   target     in [0, 1).
+ *   tolerance  in [0, 0.5]; 0.001 is a good default.
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (out of range); MSP_ERR_INFEASIBLE when no plan reaches
+ * [target - tolerance, target + tolerance]: the message gives the reachable range. The problem is
+ * unchanged on error.
+ */
+msp_status msp_problem_set_target(msp_problem *problem, double target, double tolerance);
+
+/* The lowest and highest average sparsity any plan within the bounds reaches. Returns MSP_OK or
+ * MSP_ERR_INVALID_ARGUMENT (NULL). */
+msp_status msp_problem_range(const msp_problem *problem, double *min_sparsity, double *max_sparsity);
+
+/*
+ * Checks a plan (num_layers level indices) and gives its average sparsity. Returns MSP_OK when the
+ * plan is feasible; MSP_ERR_INFEASIBLE (with *average_out set) when it misses the budget;
+ * MSP_ERR_INVALID_ARGUMENT (NULL, index out of range or out of bounds, group members differing).
+ */
+msp_status msp_problem_check_plan(const msp_problem *problem, const int32_t *plan, double *average_out);
+
+/* ---------------------------------------------------------------------------------------------
+ * Planning: the sensitivity prior and the exact solver
+ * ------------------------------------------------------------------------------------------- */
+
+/* How sensitivities map to a prior plan. Fields are only ever appended. */
+typedef struct msp_prior_params {
+    uint32_t struct_size;        /* sizeof(msp_prior_params) */
+    double strength;             /* >= 0: spread of sparsity across layers; 0 = uniform (default 1) */
+    int32_t per_parameter;       /* != 0: use sensitivity / size (mean Fisher per weight; default 0) */
+} msp_prior_params;
+
+/* The default prior parameters. */
+msp_prior_params msp_prior_params_default(void);
+
+/*
+ * The sensitivity-informed plan: more sensitive layers get less sparsity.
+ *
+ * Formula. For every group g (a single layer when there are no groups) let u_g = log(sigma_g),
+ * where sigma_g is the sum of its layers' sensitivities, divided by the group's size when
+ * per_parameter != 0, and z_g = (u_g - mean(u)) / std(u) (size-weighted mean and standard
+ * deviation; z = 0 when all are equal). The continuous prior sparsity is
+ * s*_g = sigmoid(c - strength * z_g), with c chosen by bisection so that the size-weighted average
+ * of s*_g equals the target. The plan is the feasible plan that minimises
+ * sum_g size_g * (sparsity(level_g) - s*_g)^2 (solved as in msp_solve_additive); then, among groups
+ * of equal size and bounds, levels are re-assigned in sensitivity order so that a strictly more
+ * sensitive group never gets a strictly sparser level. With strength 0 every s*_g equals the
+ * target, so the plan is uniform whenever a uniform plan is feasible.
+ *
+ *   sensitivity  num_layers finite values > 0 (e.g. Fisher traces; zeros are raised to the
+ *                smallest positive value present).
+ *   params       NULL for the defaults.
+ *   plan_out     num_layers level indices.
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL, negative or non-finite sensitivity, bad params);
+ * MSP_ERR_INFEASIBLE; MSP_ERR_OUT_OF_MEMORY.
+ */
+msp_status msp_prior_plan(const msp_problem *problem, const double *sensitivity, const msp_prior_params *params,
+                          int32_t *plan_out);
+
+/*
+ * The feasible plan minimising sum_l cost[l][level_l] (a multiple-choice knapsack solved by dynamic
+ * programming). The budget is discretised to a grid of at most 2^21 cells over the reachable range
+ * (finer for small problems); the plan is optimal for the discretised budgets and always meets the
+ * tolerance exactly.
+ *
+ *   costs       num_layers x num_levels finite values, row-major (cost[l][k] of layer l at level
+ *               k); a group's cost is the sum over its layers.
+ *   plan_out    num_layers level indices.
+ *   total_out   NULL, or receives the plan's total cost.
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL, non-finite cost); MSP_ERR_INFEASIBLE;
+ * MSP_ERR_OUT_OF_MEMORY.
+ */
+msp_status msp_solve_additive(const msp_problem *problem, const double *costs, int32_t *plan_out, double *total_out);
+
+/* ---------------------------------------------------------------------------------------------
+ * Planning: evolutionary search
+ *
+ * Individuals are plans. The search first evaluates a small grid of prior plans (strengths x
+ * normalisations, uniform included), seeds its population from the best one and budget-preserving
+ * mutations of it, then evolves: each generation draws `offspring` new plans from the `survivors`
+ * best so far by crossover (uniform per group, budget repaired) and mutation (one group moves
+ * `step` levels sparser and others denser until the budget holds again), never proposing a plan
+ * evaluated before. Lower fitness is better. Given the seed and the fitness values, the sequence of
+ * candidates is deterministic.
+ *
+ * Multi-fidelity (fidelity_levels > 1): each generation's offspring are first scored at fidelity 0
+ * (the cheapest), the best `fidelity_keep` fraction of them again at fidelity 1, and so on; only
+ * values at the last fidelity (fidelity_levels - 1) count as a plan's fitness.
+ * ------------------------------------------------------------------------------------------- */
+
+/* Search settings. Fields are only ever appended. */
+typedef struct msp_search_params {
+    uint32_t struct_size;        /* sizeof(msp_search_params) */
+    int32_t generations;         /* > 0 (default 20) */
+    int32_t offspring;           /* new plans per generation, > 0 (default 8) */
+    int32_t survivors;           /* best plans kept as parents, > 0 (default 4) */
+    double mutation_rate;        /* in [0, 1]: chance per offspring of extra mutation moves (default 0.5) */
+    double crossover_rate;       /* in [0, 1]: chance an offspring has two parents (default 0.5) */
+    uint64_t seed;               /* random seed (default 0) */
+    double prior_strength;       /* >= 0: strength of the seed prior when prior_grid = 0 (default 1) */
+    int32_t prior_per_parameter; /* normalisation of the seed prior when prior_grid = 0 (default 0) */
+    int32_t prior_grid;          /* != 0: first evaluate priors at strengths {0, .5, 1, 2} x both
+                                    normalisations and seed from the best (default 1) */
+    int64_t max_evaluations;     /* stop after this many full-fidelity evaluations; 0 = no limit */
+    int32_t patience;            /* stop after this many generations without improvement; 0 = never */
+    int32_t fidelity_levels;     /* >= 1 (default 1: single fidelity) */
+    double fidelity_keep;        /* in (0, 1]: fraction promoted to the next fidelity (default 0.25) */
+} msp_search_params;
+
+/* The default search settings. */
+msp_search_params msp_search_params_default(void);
+
+/* An evolutionary search over the plans of a problem. Opaque. Not thread-safe: use one handle from
+ * one thread at a time (distinct handles are independent). */
+typedef struct msp_search msp_search;
+
+/*
+ * Creates a search.
+ *
+ *   problem      copied; may be freed afterwards.
+ *   sensitivity  num_layers values as for msp_prior_plan (copied).
+ *   params       NULL for the defaults.
+ *   out          receives the handle; release it with msp_search_free.
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT; MSP_ERR_INFEASIBLE; MSP_ERR_OUT_OF_MEMORY.
+ */
+msp_status msp_search_create(const msp_problem *problem, const double *sensitivity, const msp_search_params *params,
+                             msp_search **out);
+
+/* Releases a search. Accepts NULL. */
+void msp_search_free(msp_search *search);
+
+/* The most candidates one msp_search_ask can return (size plans_out for it). */
+int64_t msp_search_max_batch(const msp_search *search);
+
+/*
+ * Proposes the next batch of candidates: writes count_out plans of num_layers level indices each,
+ * plan after plan, into plans_out (capacity plans at most) and the fidelity to score them at.
+ * *count_out = 0 means the search has finished. Calling ask again before tell returns the same
+ * batch.
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL, capacity smaller than the batch: see
+ * msp_search_max_batch).
+ */
+msp_status msp_search_ask(msp_search *search, int32_t *plans_out, int64_t capacity, int64_t *count_out,
+                          int32_t *fidelity_out);
+
+/*
+ * Reports the fitness of the last batch, in the order asked. Lower is better; +inf marks a plan as
+ * worst. Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL, NaN or -inf value); MSP_ERR_INVALID_STATE
+ * (no batch pending, or count differs from the batch's). The search is unchanged on error.
+ */
+msp_status msp_search_tell(msp_search *search, const double *fitness, int64_t count);
+
+/*
+ * The best plan at the last fidelity so far and its fitness. Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT
+ * (NULL); MSP_ERR_INVALID_STATE when nothing has been evaluated yet.
+ */
+msp_status msp_search_best(const msp_search *search, int32_t *plan_out, double *fitness_out);
+
+/* Progress of a search. */
+typedef struct msp_search_progress {
+    int32_t generation;          /* generations completed (the prior grid is generation 0) */
+    int32_t done;                /* != 0 once ask returns no more candidates */
+    int64_t evaluations;         /* full-fidelity evaluations told so far */
+    int64_t cheap_evaluations;   /* lower-fidelity evaluations told so far */
+    double best_fitness;         /* +inf before the first evaluation */
+} msp_search_progress;
+
+/* Fills *out with the search's progress. Returns MSP_OK or MSP_ERR_INVALID_ARGUMENT (NULL). */
+msp_status msp_search_get_progress(const msp_search *search, msp_search_progress *out);
+
+/*
+ * Fitness callback of msp_search_run: scores `plan` (num_layers level indices) at `fidelity` into
+ * *fitness_out. Return 0 to go on, anything else to cancel; a NaN fitness also cancels.
+ */
+typedef int32_t (*msp_fitness_fn)(const int32_t *plan, int64_t num_layers, int32_t fidelity, void *user_data,
+                                  double *fitness_out);
+
+/* Progress callback of msp_search_run, called after every batch. Return 0 to go on, else cancel. */
+typedef int32_t (*msp_progress_fn)(const msp_search_progress *progress, void *user_data);
+
+/*
+ * Drives ask/tell until the search finishes, scoring each candidate with `fitness` (called from the
+ * calling thread, in batch order). A cancelled run leaves the search valid: the batch in progress
+ * is dropped and the best plan so far stays available.
+ *
+ *   progress   NULL, or called after every batch.
+ *   user_data  passed to both callbacks.
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL search or fitness); MSP_ERR_CANCELLED.
+ */
+msp_status msp_search_run(msp_search *search, msp_fitness_fn fitness, msp_progress_fn progress, void *user_data);
+
+/* ---------------------------------------------------------------------------------------------
+ * Planning: proxy costs from the weights
+ *
+ * Additive costs per (layer, level) for msp_solve_additive, computed without running the model.
+ * Each level's mask is the one the pruning functions produce: msp_nm_prune for N:M levels (a dense
+ * level costs 0), msp_topk_prune with `scope` for unstructured levels, both scoring |w| * col_scale.
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ * Pruned energy of one layer at every level: costs_out[k] = scale * sum over the weights pruned at
+ * level k of w^2 * (diag ? diag[i] : 1). With scale = Tr(F_l) / size_l this is the Fisher-weighted
+ * energy; with diag = the per-weight Fisher diagonal (msp_fisher_add_diagonal) it is an OBD-style cost.
+ *
+ *   weights            rows x cols elements of `dtype` (read only), no NaN.
+ *   levels, num_levels the level set (as for msp_problem_create); every N:M level's m must divide cols.
+ *   scope              MSP_SCOPE_ROW or MSP_SCOPE_LAYER, for unstructured levels.
+ *   col_scale          NULL or cols finite values >= 0, as for msp_nm_prune.
+ *   diag               NULL or rows x cols finite floats.
+ *   scale              finite, >= 0.
+ *   costs_out          num_levels doubles.
+ *
+ * Uses scratch memory of about one copy of the layer. Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (the
+ * message names the argument, e.g. an N:M level whose m does not divide cols); MSP_ERR_OUT_OF_MEMORY.
+ */
+msp_status msp_cost_table_energy(const void *weights, msp_dtype dtype, int64_t rows, int64_t cols,
+                                 const msp_level *levels, int64_t num_levels, int32_t scope, const float *col_scale,
+                                 const float *diag, double scale, double *costs_out);
+
+/*
+ * Output reconstruction error of one layer at every level: costs_out[k] = tr(dW H dW^T), where
+ * dW = W - W_k is the part pruned at level k and H = X^T X (cols x cols) is the Gram matrix of the
+ * layer's calibration inputs. Computed with BLAS in float32 blocks of rows, accumulated in double.
+ *
+ *   gram   cols x cols floats, symmetric, finite.
+ *   other arguments as for msp_cost_table_energy.
+ *
+ * Uses scratch memory of a few copies of a block of rows. Returns as msp_cost_table_energy.
+ */
+msp_status msp_cost_table_reconstruction(const void *weights, msp_dtype dtype, int64_t rows, int64_t cols,
+                                         const msp_level *levels, int64_t num_levels, int32_t scope,
+                                         const float *col_scale, const float *gram, double *costs_out);
+
 #ifdef __cplusplus
 }
 #endif
