@@ -66,3 +66,16 @@ func matrix(rows: Int64, cols: Int64, dtype: msp_dtype) throws -> Matrix {
     _ = try elementCount(count, "rows * cols", type: type)
     return Matrix(rows: Int(rows), cols: Int(cols), type: type)
 }
+
+/// Reads a params struct whose first field is `uint32_t struct_size`; `nil` for a NULL pointer.
+/// - Throws: `MSPError.invalidArgument` when `struct_size` differs from this library's size (the
+///   rest of the struct is not read then).
+func checkedParams<T>(_ pointer: UnsafePointer<T>?, _ name: String) throws -> T? {
+    guard let pointer else { return nil }
+    let size = UnsafeRawPointer(pointer).load(as: UInt32.self)
+    guard size == UInt32(MemoryLayout<T>.size) else {
+        throw MSPError.invalidArgument(
+            "\(name)->struct_size (\(size)) is not \(MemoryLayout<T>.size): initialise it with its *_default() function")
+    }
+    return pointer.pointee
+}

@@ -1,0 +1,118 @@
+// AdditiveSolver: the feasible plan minimising a sum of per-(unit, level) costs, by dynamic
+// programming over a discretised budget (a multiple-choice knapsack).
+
+/// Exact solver for additive costs.
+///
+/// The budget above the lowest reachable average is discretised into cells of width
+/// delta = tolerance / units when that fits a work limit, else as fine as the limit allows (at most
+/// 2^21 cells). Each cell keeps its cheapest partial plan and that plan's exact budget; the answer
+/// is the cheapest final cell whose exact average meets the tolerance, so the plan always meets it.
+public enum AdditiveSolver {
+    /// Most dynamic-programming steps (cells x levels x units) spent on one solve.
+    static let workLimit = 1 << 28
+    /// Most budget cells.
+    static let maxCells = 1 << 21
+
+    /// Solves for per-unit costs.
+    /// - Parameters:
+    ///   - problem: sizes, bounds and budget.
+    ///   - costs: `problem.unitCount` rows of `problem.levels.count` finite costs, row-major.
+    /// - Returns: the per-unit plan and its total cost.
+    /// - Throws: `MSPError.invalidArgument` for a wrong count or a non-finite cost;
+    ///   `MSPError.infeasible`; `MSPError.outOfMemory`.
+    public static func solve(_ problem: Problem, unitCosts costs: [Double]) throws -> (plan: [Int], cost: Double) {
+        let units = problem.unitCount, levels = problem.levels.count
+        guard costs.count == units * levels else {
+            throw MSPError.invalidArgument("costs has \(costs.count) values, expected \(units) x \(levels)")
+        }
+        if let bad = costs.firstIndex(where: { !$0.isFinite }) {
+            throw MSPError.invalidArgument("costs[\(bad / levels)][\(bad % levels)] (\(costs[bad])) is not finite")
+        }
+        let total = Double(problem.totalSize)
+        let bounds = problem.unitBounds
+        // Budget of unit u at level k above its lowest level, as a fraction of all parameters.
+        let extra = { (u: Int, k: Int) in
+            Double(problem.unitSizes[u]) * (problem.levels.sparsity(k) - problem.levels.sparsity(bounds[u].lowerBound))
+                / total
+        }
+        let base = problem.range.lowerBound
+        let span = (0..<units).reduce(0.0) { $0 + extra($1, bounds[$1].upperBound) }
+        let widest = bounds.map(\.count).max() ?? 1
+        let byTolerance = problem.tolerance > 0 ? Int((span * Double(units) / problem.tolerance).rounded(.up)) : maxCells
+        let cells = max(1, min(byTolerance, maxCells, workLimit / max(1, units * widest)))
+        let delta = span > 0 ? span / Double(cells) : 1
+        let width = cells + units + 1
+        let step = { (u: Int, k: Int) in Int((extra(u, k) / delta).rounded()) }
+
+        var cost = [Double](repeating: .infinity, count: width)
+        var exact = [Double](repeating: 0, count: width)
+        var nextCost = cost, nextExact = exact
+        cost[0] = 0
+        var reach = 0  // highest cell reached so far
+        return try withScratch(UInt8.self, units * width) { choice in
+            for u in 0..<units {
+                for c in 0...min(width - 1, reach + step(u, bounds[u].upperBound)) { nextCost[c] = .infinity }
+                var newReach = 0
+                let steps = bounds[u].map { step(u, $0) }
+                for c in 0...reach where cost[c] < .infinity {
+                    for (i, k) in bounds[u].enumerated() {
+                        let c2 = min(c + steps[i], width - 1)
+                        let candidate = cost[c] + costs[u * levels + k]
+                        if candidate < nextCost[c2] {
+                            nextCost[c2] = candidate
+                            nextExact[c2] = exact[c] + extra(u, k)
+                            choice[u * width + c2] = UInt8(i)
+                            newReach = max(newReach, c2)
+                        }
+                    }
+                }
+                swap(&cost, &nextCost)
+                swap(&exact, &nextExact)
+                reach = newReach
+            }
+            var best = -1
+            for c in 0...reach where cost[c] < .infinity && problem.meetsBudget(base + exact[c]) {
+                if best < 0 || cost[c] < cost[best] { best = c }
+            }
+            guard best >= 0 else {
+                let r = problem.range
+                throw MSPError.infeasible(
+                    "no plan meets target \(problem.target) ± \(problem.tolerance): plans within the bounds reach [\(r.lowerBound), \(r.upperBound)] but the levels are too coarse to land within the tolerance; widen it"
+                )
+            }
+            var plan = [Int](repeating: 0, count: units)
+            var c = best
+            for u in stride(from: units - 1, through: 0, by: -1) {
+                let k = bounds[u].lowerBound + Int(choice[u * width + c])
+                plan[u] = k
+                c -= step(u, k)
+            }
+            return (plan, cost[best])
+        }
+    }
+
+    /// Sums per-layer costs (`layerCount` x `levels.count`, row-major) into per-unit costs.
+    public static func unitCosts(_ problem: Problem, layerCosts: [Double]) -> [Double] {
+        let levels = problem.levels.count
+        var costs = [Double](repeating: 0, count: problem.unitCount * levels)
+        for l in 0..<problem.layerCount {
+            let u = problem.unitOf[l]
+            for k in 0..<levels { costs[u * levels + k] += layerCosts[l * levels + k] }
+        }
+        return costs
+    }
+
+    /// The feasible plan closest to `plan`: least parameter-weighted change of sparsity.
+    /// - Throws: `MSPError.infeasible`; `MSPError.outOfMemory`.
+    public static func nearestFeasible(_ problem: Problem, to plan: [Int]) throws -> [Int] {
+        let levels = problem.levels
+        var costs = [Double](repeating: 0, count: problem.unitCount * levels.count)
+        for u in 0..<problem.unitCount {
+            for k in 0..<levels.count {
+                costs[u * levels.count + k] =
+                    Double(problem.unitSizes[u]) * abs(levels.sparsity(k) - levels.sparsity(plan[u]))
+            }
+        }
+        return try solve(problem, unitCosts: costs).plan
+    }
+}

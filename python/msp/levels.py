@@ -1,0 +1,237 @@
+"""Level sets: the allowed sparsity choices for a layer, ordered from least to most sparse.
+
+A :class:`Level` is either an N:M pattern (keep ``n`` of every ``m`` consecutive weights along a
+row; ``n == m`` is dense) or an unstructured sparsity (``n = m = 0``). A level set is a list of
+levels with strictly increasing sparsity; index 0 is the least sparse level, and plans store
+indices into it::
+
+    msp.nm_levels(m=8)                 # [8:8, 7:8, ..., 1:8]   (dense first, 0 % .. 87.5 %)
+    msp.nm_levels(m=8, min_n=2)        # [8:8, ..., 2:8]
+    msp.ratio_levels([0.7, 0.5, 0.6])  # [50%, 60%, 70%]       (sorted for you)
+
+Anywhere a level set is taken, its items may also be written as ``"2:8"``, ``(2, 8)``, ``"70%"``
+or ``0.7``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from ._lib import msp_level
+
+__all__ = ["Level", "nm_levels", "ratio_levels"]
+
+MAX_M = 32
+"""The largest N:M group size the library supports."""
+
+MAX_LEVELS = 256
+"""The most levels a level set may hold."""
+
+
+def _int(value: Any, name: str) -> int:
+    """``value`` as a Python int (bools rejected)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got a bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+
+
+def _sparsity(value: Any, name: str) -> float:
+    """``value`` as a float in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not (0.0 <= value < 1.0):
+        raise ValueError(f"{name} ({value}) must be in [0, 1)")
+    return value
+
+
+@dataclass(frozen=True)
+class Level:
+    """One allowed choice for a layer.
+
+    Attributes:
+        sparsity: fraction of weights pruned, in [0, 1).
+        n: weights kept in every group of ``m`` (N:M level), or 0 for an unstructured level.
+        m: the N:M group size (at most 32), or 0 for an unstructured level.
+
+    ``str(level)`` is ``"2:8"`` for an N:M level and ``"70%"`` for an unstructured one.
+    Build levels with :meth:`nm`, :meth:`ratio` or :meth:`parse` rather than by hand; the
+    constructor checks that ``sparsity == 1 - n/m`` for an N:M level.
+    """
+
+    sparsity: float
+    n: int = 0
+    m: int = 0
+
+    def __post_init__(self) -> None:
+        sparsity = _sparsity(self.sparsity, "level sparsity")
+        n, m = _int(self.n, "level n"), _int(self.m, "level m")
+        if (n, m) != (0, 0):
+            if not (0 < n <= m <= MAX_M):
+                raise ValueError(f"level {n}:{m} must have 0 < n <= m <= {MAX_M} (or n = m = 0: unstructured)")
+            if abs(sparsity - (1.0 - n / m)) > 1e-12:
+                raise ValueError(f"level {n}:{m} has sparsity 1 - {n}/{m} = {1 - n / m}, not {sparsity}")
+            sparsity = 1.0 - n / m
+        object.__setattr__(self, "sparsity", sparsity)
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "m", m)
+
+    @classmethod
+    def nm(cls, n: int, m: int) -> "Level":
+        """The N:M level keeping ``n`` of every ``m`` weights (``0 < n <= m <= 32``)."""
+        n, m = _int(n, "n"), _int(m, "m")
+        if not (0 < n <= m <= MAX_M):
+            raise ValueError(f"level {n}:{m} must have 0 < n <= m <= {MAX_M}")
+        return cls(1.0 - n / m, n, m)
+
+    @classmethod
+    def ratio(cls, sparsity: float) -> "Level":
+        """The unstructured level pruning the fraction ``sparsity`` (in [0, 1)) of the weights."""
+        return cls(_sparsity(sparsity, "sparsity"))
+
+    @classmethod
+    def parse(cls, value: Any) -> "Level":
+        """A level from a ``Level``, ``"n:m"``, ``(n, m)``, ``"70%"``, ``"0.7"`` or a number in [0, 1).
+
+        Raises:
+            TypeError: an object of another kind.
+            ValueError: malformed text or a value out of range.
+        """
+        if isinstance(value, Level):
+            return value
+        if isinstance(value, str):
+            text = value.strip()
+            if ":" in text:
+                parts = text.split(":")
+                if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+                    raise ValueError(f'level {value!r} is not of the form "n:m", e.g. "2:8"')
+                return cls.nm(int(parts[0]), int(parts[1]))
+            try:
+                if text.endswith("%"):
+                    return cls.ratio(float(text[:-1]) / 100.0)
+                return cls.ratio(float(text))
+            except ValueError as error:
+                raise ValueError(f'level {value!r} is not "n:m", "p%" or a sparsity in [0, 1): {error}') from None
+        if isinstance(value, tuple) and len(value) == 2:
+            return cls.nm(*value)
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return cls.ratio(value)
+        raise TypeError(f'a level is a msp.Level, "n:m", (n, m), "p%" or a sparsity in [0, 1); got {value!r}')
+
+    @property
+    def is_nm(self) -> bool:
+        """True for an N:M level (dense ``m:m`` included)."""
+        return self.m != 0
+
+    @property
+    def pattern(self) -> tuple[int, int] | None:
+        """``(n, m)`` for an N:M level, else None."""
+        return (self.n, self.m) if self.m else None
+
+    def __str__(self) -> str:
+        if self.m:
+            return f"{self.n}:{self.m}"
+        return f"{self.sparsity * 100:g}%"
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict (``{"sparsity": s, "n": n, "m": m}``)."""
+        return {"sparsity": self.sparsity, "n": self.n, "m": self.m}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Level":
+        """The level of a :meth:`to_json` dict (or any form :meth:`parse` takes)."""
+        if isinstance(data, dict):
+            return cls(data["sparsity"], data.get("n", 0), data.get("m", 0))
+        if isinstance(data, list) and len(data) == 2:
+            data = tuple(data)
+        return cls.parse(data)
+
+
+def nm_levels(m: int = 8, min_n: int = 1, max_n: int | None = None) -> list[Level]:
+    """N:M levels for one group size, least sparse first: ``max_n:m``, ..., ``min_n:m``.
+
+    Args:
+        m: the group size, in [1, 32].
+        min_n: the fewest weights kept per group (the sparsest level), >= 1.
+        max_n: the most weights kept per group (the densest level), <= m; None = m (dense).
+
+    Returns:
+        ``[Level.nm(max_n, m), ..., Level.nm(min_n, m)]``; ``nm_levels(8)`` is 8:8 (dense) .. 1:8.
+
+    Raises:
+        TypeError: a non-integer argument.
+        ValueError: not ``1 <= min_n <= max_n <= m <= 32``.
+    """
+    m = _int(m, "m")
+    min_n = _int(min_n, "min_n")
+    max_n = m if max_n is None else _int(max_n, "max_n")
+    if not (1 <= m <= MAX_M):
+        raise ValueError(f"m ({m}) must be in [1, {MAX_M}]")
+    if not (1 <= min_n <= max_n <= m):
+        raise ValueError(f"need 1 <= min_n ({min_n}) <= max_n ({max_n}) <= m ({m})")
+    return [Level.nm(n, m) for n in range(max_n, min_n - 1, -1)]
+
+
+def ratio_levels(sparsities: Iterable[float]) -> list[Level]:
+    """Unstructured levels for the given sparsities, sorted least sparse first.
+
+    Args:
+        sparsities: distinct finite numbers in [0, 1) (any order; at most 256).
+
+    Raises:
+        TypeError: a non-numeric value.
+        ValueError: no values, a value outside [0, 1), or a repeated value.
+    """
+    if isinstance(sparsities, (str, bytes)):
+        raise TypeError("sparsities must be a sequence of numbers, not a string")
+    values = sorted(_sparsity(s, f"sparsities[{i}]") for i, s in enumerate(sparsities))
+    if not values:
+        raise ValueError("ratio_levels needs at least one sparsity")
+    if len(values) > MAX_LEVELS:
+        raise ValueError(f"a level set holds at most {MAX_LEVELS} levels, got {len(values)}")
+    for a, b in zip(values, values[1:]):
+        if a == b:
+            raise ValueError(f"sparsity {a} appears twice; levels must be distinct")
+    return [Level(s) for s in values]
+
+
+def as_level_set(levels: Any) -> list[Level]:
+    """Normalise a level set argument: None = ``nm_levels(8)``; items as :meth:`Level.parse` takes.
+
+    The order is kept as given (the library rejects a set whose sparsity does not strictly
+    increase, so a mistaken order is reported instead of silently fixed).
+
+    Raises:
+        TypeError: not a sequence, or an item of the wrong kind.
+        ValueError: an empty set or a malformed item.
+    """
+    if levels is None:
+        return nm_levels(8)
+    if isinstance(levels, (str, bytes, Level)) or not isinstance(levels, Iterable):
+        raise TypeError(f"levels must be a sequence of levels (e.g. msp.nm_levels(8)), got {levels!r}")
+    result = [Level.parse(level) for level in levels]
+    if not result:
+        raise ValueError("the level set is empty")
+    return result
+
+
+def level_array(levels: Sequence[Level]) -> Any:
+    """The level set as a ctypes ``msp_level`` array for the C API."""
+    array = (msp_level * len(levels))()
+    for k, level in enumerate(levels):
+        array[k].sparsity = level.sparsity
+        array[k].n = level.n
+        array[k].m = level.m
+    return array
+
+
+def is_finite_real(value: Any) -> bool:
+    """True for a finite real number (bools excluded)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

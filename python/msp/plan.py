@@ -1,0 +1,319 @@
+"""``msp.Plan``: one level per layer, with the sparsity, N:M pattern and fitness it implies.
+
+A plan is what the planner returns (``msp.plan``), what a fitness function receives, and what
+``msp.torch.apply_plan`` applies. It saves to and loads from JSON::
+
+    plan = msp.plan(sizes, target=0.75, sensitivity=traces, fitness=perplexity)
+    print(plan.summary(names))
+    plan.save("plan.json"); same = msp.Plan.load("plan.json")
+    recipe = plan.to_dict(names)          # {module_name: sparsity}, e.g. for llm-compressor
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import operator
+import os
+from typing import Any, Iterable, Sequence
+
+from .levels import Level
+
+__all__ = ["Plan"]
+
+FORMAT = "msp.plan"
+FORMAT_VERSION = 1
+
+
+def _index(value: Any, name: str) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got a bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+
+
+def _optional_float(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number or None, got {type(value).__name__}")
+    return float(value)
+
+
+def _encode_float(value: float | None) -> Any:
+    """JSON has no inf/nan: write them as the strings "inf", "-inf", "nan"."""
+    if value is None or math.isfinite(value):
+        return value
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def _decode_float(value: Any, name: str) -> float | None:
+    if isinstance(value, str) and value in ("inf", "-inf", "nan"):
+        return float(value)
+    return _optional_float(value, name)
+
+
+class Plan:
+    """One level per layer of a level set.
+
+    Attributes:
+        levels: level index of every layer (0 = the least sparse level of ``level_set``).
+        level_set: the levels the indices point into, least sparse first.
+        sizes: parameter count of every layer.
+        sparsity: sparsity of every layer (from its level).
+        nm: ``(n, m)`` of every layer's N:M level, or None for an unstructured level.
+        average_sparsity: parameter-weighted average sparsity, sum(size * sparsity) / sum(size).
+        fitness: the fitness found for this plan (lower is better), or None.
+        history: best fitness after each search generation (the prior grid is generation 0).
+        evaluations: fitness evaluations spent to find the plan (full fidelity).
+        target: the average sparsity asked for, or None.
+        method: how the plan was made ("search", "prior", "exact", "uniform"), or None.
+        params: the planner settings (JSON-ready).
+        seed: the search seed, or None.
+
+    Plans compare equal when every saved field is equal.
+    """
+
+    __slots__ = (
+        "levels",
+        "level_set",
+        "sizes",
+        "sparsity",
+        "nm",
+        "average_sparsity",
+        "fitness",
+        "history",
+        "evaluations",
+        "target",
+        "method",
+        "params",
+        "seed",
+    )
+
+    def __init__(
+        self,
+        levels: Iterable[int],
+        level_set: Sequence[Any],
+        sizes: Iterable[int],
+        *,
+        fitness: float | None = None,
+        history: Iterable[float] = (),
+        evaluations: int = 0,
+        target: float | None = None,
+        method: str | None = None,
+        params: dict | None = None,
+        seed: int | None = None,
+    ) -> None:
+        """Build a plan and check that its indices fit the level set.
+
+        Raises:
+            TypeError: a value of the wrong type.
+            ValueError: ``levels`` and ``sizes`` of different lengths, no layers, a size <= 0, or
+                an index outside the level set.
+        """
+        level_set = [Level.parse(level) for level in level_set]
+        levels = [_index(k, f"levels[{i}]") for i, k in enumerate(levels)]
+        sizes = [_index(s, f"sizes[{i}]") for i, s in enumerate(sizes)]
+        if not levels:
+            raise ValueError("a plan needs at least one layer")
+        if len(levels) != len(sizes):
+            raise ValueError(f"the plan has {len(levels)} levels for {len(sizes)} layer sizes")
+        if not level_set:
+            raise ValueError("the level set is empty")
+        for i, k in enumerate(levels):
+            if not 0 <= k < len(level_set):
+                raise ValueError(f"levels[{i}] ({k}) is outside the level set [0, {len(level_set) - 1}]")
+        for i, s in enumerate(sizes):
+            if s <= 0:
+                raise ValueError(f"sizes[{i}] ({s}) must be > 0")
+        self.levels = levels
+        self.level_set = level_set
+        self.sizes = sizes
+        self.sparsity = [level_set[k].sparsity for k in levels]
+        self.nm = [level_set[k].pattern for k in levels]
+        total = sum(sizes)
+        self.average_sparsity = math.fsum(s * p for s, p in zip(sizes, self.sparsity)) / total
+        self.fitness = _optional_float(fitness, "fitness")
+        self.history = [float(h) for h in history]
+        self.evaluations = _index(evaluations, "evaluations")
+        self.target = _optional_float(target, "target")
+        self.method = None if method is None else str(method)
+        self.params = dict(params) if params else {}
+        self.seed = None if seed is None else _index(seed, "seed")
+
+    # --- views ------------------------------------------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        """Number of layers."""
+        return len(self.levels)
+
+    def __len__(self) -> int:
+        return len(self.levels)
+
+    @property
+    def layer_levels(self) -> list[Level]:
+        """The :class:`Level` of every layer."""
+        return [self.level_set[k] for k in self.levels]
+
+    def to_dict(self, names: Iterable[str]) -> dict[str, float]:
+        """The plan as ``{name: sparsity}``, e.g. for llm-compressor's ``sparsity=``.
+
+        Args:
+            names: one distinct name per layer, in layer order (a dict such as the one
+                ``msp.torch.linear_layers`` returns gives its keys).
+
+        Raises:
+            ValueError: a different number of names than layers, or a repeated name.
+        """
+        names = list(names)
+        if len(names) != len(self.levels):
+            raise ValueError(f"got {len(names)} names for a plan of {len(self.levels)} layers")
+        result = dict(zip(names, self.sparsity))
+        if len(result) != len(names):
+            seen: set = set()
+            repeated = next(n for n in names if n in seen or seen.add(n))
+            raise ValueError(f"layer name {repeated!r} appears more than once")
+        return result
+
+    def summary(self, names: Iterable[str] | None = None) -> str:
+        """A table a person reads: per layer its index (and name), size, level and sparsity; then totals.
+
+        Args:
+            names: optional layer names, one per layer.
+
+        Raises:
+            ValueError: a different number of names than layers.
+        """
+        names = None if names is None else [str(n) for n in names]
+        if names is not None and len(names) != len(self.levels):
+            raise ValueError(f"got {len(names)} names for a plan of {len(self.levels)} layers")
+        total = sum(self.sizes)
+        header = ["layer"] + (["name"] if names else []) + ["size", "level", "sparsity"]
+        rows = []
+        for i, (size, k, s) in enumerate(zip(self.sizes, self.levels, self.sparsity)):
+            row = [str(i)] + ([names[i]] if names else []) + [f"{size:,}", str(self.level_set[k]), f"{s * 100:.2f}%"]
+            rows.append(row)
+        total_row = ["total"] + ([""] if names else []) + [f"{total:,}", "", f"{self.average_sparsity * 100:.2f}%"]
+        table = [header] + rows + [total_row]
+        widths = [max(len(r[c]) for r in table) for c in range(len(header))]
+        left = {1} if names else set()  # names read best left-aligned, numbers right-aligned
+
+        def line(row: list[str]) -> str:
+            cells = [cell.ljust(w) if c in left else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths))]
+            return "  ".join(cells).rstrip()
+
+        rule = "  ".join("-" * w for w in widths)
+        counts: dict[str, int] = {}
+        for k in self.levels:
+            counts[str(self.level_set[k])] = counts.get(str(self.level_set[k]), 0) + 1
+        mix = ", ".join(f"{name} x{count}" for name, count in counts.items())
+        title = f"Plan: {len(self.levels)} layers, {total:,} parameters"
+        if self.method:
+            title += f", method {self.method}"
+        lines = [title, line(header), rule] + [line(r) for r in rows] + [rule, line(total_row)]
+        average = f"average sparsity {self.average_sparsity * 100:.3f}%"
+        if self.target is not None:
+            average += f" (target {self.target * 100:.3f}%)"
+        lines.append(average)
+        lines.append(f"levels used: {mix}")
+        if self.fitness is not None:
+            lines.append(f"fitness {self.fitness:.6g} after {self.evaluations} evaluations")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        parts = [f"layers={len(self.levels)}", f"average_sparsity={self.average_sparsity:.4f}"]
+        if self.method is not None:
+            parts.append(f"method={self.method!r}")
+        if self.fitness is not None:
+            parts.append(f"fitness={self.fitness:.6g}")
+        return f"Plan({', '.join(parts)})"
+
+    # --- persistence ------------------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        """The plan as a JSON-ready dict (what :meth:`save` writes)."""
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "level_set": [level.to_json() for level in self.level_set],
+            "sizes": list(self.sizes),
+            "levels": list(self.levels),
+            "sparsity": list(self.sparsity),
+            "average_sparsity": self.average_sparsity,
+            "target": self.target,
+            "method": self.method,
+            "params": self.params,
+            "seed": self.seed,
+            "fitness": _encode_float(self.fitness),
+            "history": [_encode_float(h) for h in self.history],
+            "evaluations": self.evaluations,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Plan":
+        """The plan of a :meth:`to_json` dict.
+
+        Raises:
+            ValueError: not an msp plan, a newer format version, or inconsistent fields.
+        """
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f'not an msp plan (expected a JSON object with "format": "{FORMAT}")')
+        version = data.get("version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ValueError(f"msp plan format version {version!r} is newer than this msp reads ({FORMAT_VERSION})")
+        try:
+            return cls(
+                data["levels"],
+                [Level.from_json(level) for level in data["level_set"]],
+                data["sizes"],
+                fitness=_decode_float(data.get("fitness"), "fitness"),
+                history=[_decode_float(h, "history") for h in data.get("history", [])],
+                evaluations=data.get("evaluations", 0),
+                target=data.get("target"),
+                method=data.get("method"),
+                params=data.get("params") or {},
+                seed=data.get("seed"),
+            )
+        except KeyError as error:
+            raise ValueError(f"msp plan is missing the field {error}") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the plan as JSON (level set, sizes, levels, target, method, params, seed, fitness,
+        history). The file is replaced atomically: a reader never sees half a plan."""
+        path = os.fspath(path)
+        text = json.dumps(self.to_json(), indent=1, allow_nan=False)
+        temporary = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(temporary, "w", encoding="utf-8") as file:
+                file.write(text + "\n")
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Plan":
+        """Read a plan written by :meth:`save`.
+
+        Raises:
+            OSError: the file cannot be read.
+            ValueError: not valid JSON or not an msp plan.
+        """
+        with open(os.fspath(path), encoding="utf-8") as file:
+            try:
+                data = json.load(file)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{os.fspath(path)} is not valid JSON: {error}") from None
+        return cls.from_json(data)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Plan):
+            return NotImplemented
+        return self.to_json() == other.to_json()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable fields

@@ -1,0 +1,92 @@
+"""Builds libmsp.so into wheels and sdists as msp/lib/libmsp.so.
+
+- Wheel from the repository: ``build_py`` runs ``make lib`` in the repository root (the Makefile
+  holds the release flags: ``swift build -c release -Xswiftc -static-stdlib`` plus the portable CPU
+  target) and copies ``.build/release/libmsp.so`` into the wheel. The wheel is tagged
+  ``py3-none-<platform>``: it holds native code but no CPython extension.
+- Sdist: holds a freshly built ``msp/lib/libmsp.so`` (the Swift sources live outside this folder,
+  so an sdist cannot rebuild them); a wheel built from that sdist ships it as is.
+- Editable install (``pip install -e python``): nothing is built or copied; ``msp._lib`` finds the
+  checkout's ``.build/release/libmsp.so`` (run ``make lib``), so a stale copy never shadows it.
+
+Set ``MSP_SKIP_LIBRARY_BUILD=1`` to package an existing ``.build/release/libmsp.so`` without
+running ``make``.
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from setuptools import Distribution, setup
+from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
+
+try:
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:  # setuptools < 70.1
+    from wheel.bdist_wheel import bdist_wheel
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+LIBRARY = Path("msp") / "lib" / "libmsp.so"
+
+
+def built_library() -> Path:
+    """Path of a libmsp.so for this build: built from the repository, or shipped in an sdist."""
+    if (REPO / "Package.swift").is_file() and (REPO / "Makefile").is_file():
+        if not os.environ.get("MSP_SKIP_LIBRARY_BUILD"):
+            subprocess.run(["make", "-C", str(REPO), "lib"], check=True)
+        library = REPO / ".build" / "release" / "libmsp.so"
+    else:
+        library = HERE / LIBRARY
+    if not library.is_file():
+        raise FileNotFoundError(f"libmsp.so not found at {library}; build it with `make lib` in the repository")
+    return library
+
+
+class BuildPy(build_py):
+    """build_py that also places libmsp.so in the package (not in editable installs)."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        target = Path(self.build_lib) / LIBRARY
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(built_library(), target)
+        target.chmod(0o755)
+
+    def get_outputs(self, include_bytecode=True):
+        outputs = super().get_outputs(include_bytecode)
+        if getattr(self, "editable_mode", False):
+            return outputs
+        return list(outputs) + [str(Path(self.build_lib) / LIBRARY)]
+
+
+class Sdist(sdist):
+    """sdist that ships a freshly built libmsp.so."""
+
+    def make_release_tree(self, base_dir, files):
+        super().make_release_tree(base_dir, files)
+        target = Path(base_dir) / LIBRARY
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(built_library(), target)
+
+
+class BinaryDistribution(Distribution):
+    """Holds native code, so wheels install to platlib and carry a platform tag."""
+
+    def has_ext_modules(self):
+        return True
+
+
+class BdistWheel(bdist_wheel):
+    """A platform wheel usable by any CPython 3: the library is loaded by ctypes, not the C API."""
+
+    def get_tag(self):
+        _, _, platform = super().get_tag()
+        return "py3", "none", platform
+
+
+setup(distclass=BinaryDistribution, cmdclass={"build_py": BuildPy, "sdist": Sdist, "bdist_wheel": BdistWheel})

@@ -1,0 +1,276 @@
+"""The loader, the declaration table, error mapping, and the C entry points called raw through ctypes."""
+
+import ctypes
+import os
+import re
+import subprocess
+import sys
+import tomllib
+
+import numpy as np
+import pytest
+
+import msp
+from msp import _lib, errors
+from msp._lib import DTYPE_BF16, DTYPE_F16, DTYPE_F32, lib
+
+from conftest import PYTHON_DIR, REPO_DIR
+
+HEADER = REPO_DIR / "include" / "msp.h"
+
+
+def header_functions():
+    """Names of the functions declared in include/msp.h."""
+    text = re.sub(r"/\*.*?\*/", "", HEADER.read_text(), flags=re.S)
+    return set(re.findall(r"\b(msp_[a-z0-9_]+)\s*\(", text))
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls, status, builtin", [
+    (msp.InvalidArgumentError, 1, ValueError),
+    (msp.OutOfMemoryError, 2, MemoryError),
+    (msp.InfeasibleError, 3, ValueError),
+    (msp.MSPCancelled, 4, RuntimeError),
+    (msp.InvalidStateError, 5, RuntimeError),
+    (msp.InternalError, 6, RuntimeError),
+])
+def test_error_classes(cls, status, builtin):
+    assert issubclass(cls, msp.MSPError) and issubclass(cls, builtin)
+    error = errors.error_for_status(status, "detail")
+    assert type(error) is cls and error.status == status and error.message == "detail"
+    assert str(error) == "detail"
+    assert _lib.status_string(status) != "unknown status"
+
+
+def test_unknown_status_is_internal():
+    error = errors.error_for_status(99, "")
+    assert type(error) is msp.InternalError and error.status == 99 and str(error)
+    assert _lib.status_string(99) == "unknown status"
+
+
+def test_errcheck_carries_message_and_success_clears_it():
+    w = np.ones((2, 8), np.float32)
+    with pytest.raises(msp.InvalidArgumentError, match=r"m \(64\)") as info:
+        lib.msp_nm_prune(w.ctypes.data, DTYPE_F32, 2, 8, 2, 64, None, None)
+    assert info.value.status == 1
+    assert _lib.last_error_message() == info.value.message
+    assert lib.msp_nm_prune(w.ctypes.data, DTYPE_F32, 2, 8, 2, 4, None, None) is None
+    assert lib.msp_last_error_message() == b""
+    assert _lib.last_error_message() == ""
+
+
+# --- loader and declarations -----------------------------------------------------------------------
+
+
+def test_abi_and_version():
+    assert lib.msp_abi_version() == msp.ABI_VERSION == 1
+    macros = dict(re.findall(r"#define MSP_VERSION_(MAJOR|MINOR|PATCH) (\d+)", HEADER.read_text()))
+    header_version = f"{macros['MAJOR']}.{macros['MINOR']}.{macros['PATCH']}"
+    assert msp.version() == msp.__version__ == header_version
+    project = tomllib.loads((PYTHON_DIR / "pyproject.toml").read_text())["project"]
+    assert project["version"] == header_version
+    abi = re.search(r"#define MSP_ABI_VERSION (\d+)", HEADER.read_text()).group(1)
+    assert int(abi) == msp.ABI_VERSION
+
+
+def test_abi_mismatch_names_both_versions():
+    with pytest.raises(ImportError, match=r"ABI version 2.*ABI version 1"):
+        _lib._check_abi(2, "/some/libmsp.so")
+
+
+def test_declaration_table_covers_the_header():
+    declared = [name for name, _, _ in _lib._DECLARATIONS]
+    assert len(declared) == len(set(declared))
+    assert set(declared) == header_functions()
+
+
+def test_declared_functions_are_exported_or_stubbed():
+    for name, _, _ in _lib._DECLARATIONS:
+        fn = getattr(lib, name)
+        if hasattr(_lib.dll, name):
+            assert isinstance(fn, ctypes._CFuncPtr), name
+        else:  # declared in the header, not yet exported by the library
+            with pytest.raises(NotImplementedError, match=name):
+                fn()
+
+
+def test_search_order(monkeypatch):
+    monkeypatch.delenv("MSP_LIBRARY_PATH", raising=False)
+    paths = _lib._candidates()
+    assert paths[0] == str(PYTHON_DIR / "msp" / "lib" / "libmsp.so")
+    assert paths[1] == str(REPO_DIR / ".build" / "release" / "libmsp.so")
+    monkeypatch.setenv("MSP_LIBRARY_PATH", "/x/libmsp.so")
+    assert _lib._candidates() == ["/x/libmsp.so"]
+
+
+def _import_msp(env_update):
+    env = dict(os.environ, **env_update)
+    code = "import msp; print(msp.__version__)"
+    return subprocess.run([sys.executable, "-c", code], cwd=PYTHON_DIR, env=env, capture_output=True, text=True)
+
+
+def test_missing_library_lists_paths_tried():
+    result = _import_msp({"MSP_LIBRARY_PATH": "/nonexistent/libmsp.so"})
+    assert result.returncode != 0
+    assert "OSError" in result.stderr and "/nonexistent/libmsp.so (not found)" in result.stderr
+
+
+def test_unloadable_library_reports_loader_error(tmp_path):
+    fake = tmp_path / "libmsp.so"
+    fake.write_bytes(b"not an ELF file")
+    result = _import_msp({"MSP_LIBRARY_PATH": str(fake)})
+    assert result.returncode != 0 and str(fake) in result.stderr
+
+
+def test_import_does_not_import_torch():
+    code = "import sys, msp, numpy as np; msp.prune_nm_(np.ones((1, 4), np.float32), 2, 4); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=PYTHON_DIR, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+# --- threads --------------------------------------------------------------------------------------
+
+
+def test_thread_settings():
+    msp.set_num_threads(3)
+    assert msp.get_num_threads() == 3
+    msp.set_num_threads(0)  # one per core
+    assert msp.get_num_threads() >= 1
+    with pytest.raises(msp.InvalidArgumentError, match="num_threads"):
+        msp.set_num_threads(-1)
+    assert msp.get_num_threads() >= 1
+    with pytest.raises(TypeError):
+        msp.set_num_threads(1.5)
+
+
+# --- raw C entry points ---------------------------------------------------------------------------
+
+
+def _sentinel(size):
+    return np.full(size, 0xAB, np.uint8)
+
+
+@pytest.mark.parametrize("rows, cols, match", [
+    (2**62, 4, "overflows"),
+    (4, 2**62, "overflows"),
+    (2**61, 2**61, "overflows"),
+    (2**60, 4, "too large"),   # 2**62 elements fit int64, their bytes do not
+    (-1, 4, "rows"),
+    (0, 4, "rows"),
+    (4, 0, "cols"),
+    (-(2**63), 4, "rows"),
+])
+def test_bad_sizes_are_rejected_before_touching_memory(rows, cols, match):
+    w = np.arange(1, 17, dtype=np.float32).reshape(4, 4)
+    before = w.copy()
+    mask = _sentinel(16)
+    calls = [
+        lambda: lib.msp_nm_mask(w.ctypes.data, DTYPE_F32, rows, cols, 2, 4, mask.ctypes.data),
+        lambda: lib.msp_nm_prune(w.ctypes.data, DTYPE_F32, rows, cols, 2, 4, None, mask.ctypes.data),
+        lambda: lib.msp_topk_prune(w.ctypes.data, DTYPE_F32, rows, cols, 0.5, 0, None, mask.ctypes.data),
+        lambda: lib.msp_topk_prune(w.ctypes.data, DTYPE_F16, rows, cols, 0.5, 1, None, mask.ctypes.data),
+    ]
+    for call in calls:
+        with pytest.raises(msp.InvalidArgumentError, match=match):
+            call()
+    np.testing.assert_array_equal(w, before)
+    assert (mask == 0xAB).all()
+
+
+def test_null_pointers():
+    w = np.ones((2, 4), np.float32)
+    mask = _sentinel(8)
+    with pytest.raises(msp.InvalidArgumentError, match="scores is NULL"):
+        lib.msp_nm_mask(None, DTYPE_F32, 2, 4, 2, 4, mask.ctypes.data)
+    with pytest.raises(msp.InvalidArgumentError, match="keep_mask_out is NULL"):
+        lib.msp_nm_mask(w.ctypes.data, DTYPE_F32, 2, 4, 2, 4, None)
+    with pytest.raises(msp.InvalidArgumentError, match="weights is NULL"):
+        lib.msp_nm_prune(None, DTYPE_F32, 2, 4, 2, 4, None, mask.ctypes.data)
+    with pytest.raises(msp.InvalidArgumentError, match="weights is NULL"):
+        lib.msp_topk_prune(0, DTYPE_BF16, 2, 4, 0.5, 0, None, mask.ctypes.data)
+    assert (mask == 0xAB).all() and (w == 1).all()
+    # NULL col_scale and NULL keep_mask_out are allowed for the pruning functions.
+    lib.msp_topk_prune(w.ctypes.data, DTYPE_F32, 2, 4, 0.5, 1, None, None)
+    assert (w == 0).sum() == 4
+
+
+@pytest.mark.parametrize("dtype", [7, 3, -1, 2**31 - 1])
+def test_unknown_dtype(dtype):
+    w = np.ones((2, 4), np.float32)
+    mask = _sentinel(8)
+    for call in (
+        lambda: lib.msp_nm_mask(w.ctypes.data, dtype, 2, 4, 2, 4, mask.ctypes.data),
+        lambda: lib.msp_nm_prune(w.ctypes.data, dtype, 2, 4, 2, 4, None, mask.ctypes.data),
+        lambda: lib.msp_topk_prune(w.ctypes.data, dtype, 2, 4, 0.5, 0, None, mask.ctypes.data),
+    ):
+        with pytest.raises(msp.InvalidArgumentError, match=rf"dtype \({dtype}\)"):
+            call()
+    assert (mask == 0xAB).all() and (w == 1).all()
+
+
+@pytest.mark.parametrize("scope", [2, -1, 99])
+def test_unknown_scope(scope):
+    w = np.ones((2, 4), np.float32)
+    with pytest.raises(msp.InvalidArgumentError, match="scope"):
+        lib.msp_topk_prune(w.ctypes.data, DTYPE_F32, 2, 4, 0.5, scope, None, None)
+    assert (w == 1).all()
+
+
+def test_nan_in_last_row_leaves_mask_and_weights_unchanged():
+    w = np.arange(1, 4097, dtype=np.float32).reshape(64, 64)
+    w[63, 60] = np.nan
+    before = w.tobytes()
+    mask = _sentinel(w.size)
+    for call in (
+        lambda: lib.msp_nm_prune(w.ctypes.data, DTYPE_F32, 64, 64, 2, 4, None, mask.ctypes.data),
+        lambda: lib.msp_topk_prune(w.ctypes.data, DTYPE_F32, 64, 64, 0.5, 1, None, mask.ctypes.data),
+        lambda: lib.msp_nm_mask(w.ctypes.data, DTYPE_F32, 64, 64, 2, 4, mask.ctypes.data),
+    ):
+        with pytest.raises(msp.InvalidArgumentError, match=r"\[63\]\[60\] is NaN"):
+            call()
+    assert w.tobytes() == before and (mask == 0xAB).all()
+
+
+def test_struct_layouts_match_the_header(tmp_path):
+    """sizeof and every field offset of the header's structs, from a C compiler, equal ctypes'."""
+    import shutil
+
+    compiler = shutil.which("cc") or shutil.which("clang") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    structs = [(name, cls) for name, cls in vars(_lib).items()
+               if isinstance(cls, type) and issubclass(cls, ctypes.Structure) and name.startswith("msp_")]
+    assert {name for name, _ in structs} == set(re.findall(r"typedef struct (msp_\w+) \{", HEADER.read_text()))
+    lines = []
+    for name, cls in structs:
+        lines.append(f'printf("{name} %zu\\n", sizeof({name}));')
+        for field, _ in cls._fields_:
+            lines.append(f'printf("{name}.{field} %zu\\n", offsetof({name}, {field}));')
+    source = tmp_path / "layout.c"
+    source.write_text('#include <stddef.h>\n#include <stdio.h>\n#include "msp.h"\nint main(void) {\n'
+                      + "\n".join(lines) + "\nreturn 0;\n}\n")
+    binary = tmp_path / "layout"
+    subprocess.run([compiler, "-I", str(REPO_DIR / "include"), str(source), "-o", str(binary)], check=True)
+    measured = dict(line.split() for line in subprocess.run([str(binary)], capture_output=True, text=True,
+                                                            check=True).stdout.splitlines())
+    for name, cls in structs:
+        assert int(measured[name]) == ctypes.sizeof(cls), name
+        for field, _ in cls._fields_:
+            assert int(measured[f"{name}.{field}"]) == getattr(cls, field).offset, f"{name}.{field}"
+
+
+def test_callback_types_accept_a_null_callback():
+    assert not _lib.msp_progress_fn()
+    assert _lib.msp_progress_fn.from_param(_lib.msp_progress_fn()) is not None
+
+
+@pytest.mark.parametrize("name, cls", [("msp_search_params_default", "msp_search_params"),
+                                       ("msp_prior_params_default", "msp_prior_params")])
+def test_params_defaults_carry_their_struct_size(name, cls):
+    if not hasattr(_lib.dll, name):
+        pytest.skip(f"{name} is not exported yet")
+    params = getattr(lib, name)()
+    assert params.struct_size == ctypes.sizeof(getattr(_lib, cls))
