@@ -24,7 +24,7 @@ lib:
 test: deps lib test-swift test-abi test-c test-python
 
 test-swift:
-	$(SWIFT) test -c release $(CPU_FLAGS)
+	$(SWIFT) test -c release --scratch-path .build-test $(CPU_FLAGS)
 
 test-abi: lib
 	$(PYTHON) scripts/check_exports.py include/msp.h $(LIB) Tests/MSPTests/HeaderSignatureTests.swift

@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--json", nargs="?", const="-", metavar="PATH", help="also write JSON (default: stdout)")
     parser.add_argument("--quick", action="store_true", help="4096 x 4096 only")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of the fast methods (default 5)")
-    parser.add_argument("--slow-repeats", type=int, default=2, help="timed repeats of Wanda's loop (default 2)")
+    parser.add_argument("--slow-repeats", type=int, default=1, help="timed repeats of the slow baselines (default 1)")
     args = parser.parse_args()
 
     shapes = SHAPES[:1] if args.quick else SHAPES

@@ -380,9 +380,13 @@ msp_status msp_prior_plan(const msp_problem *problem, const double *sensitivity,
 
 /*
  * The feasible plan minimising sum_l cost[l][level_l] (a multiple-choice knapsack solved by dynamic
- * programming). The budget is discretised to a grid of at most 2^21 cells over the reachable range
- * (finer for small problems); the plan is optimal for the discretised budgets and always meets the
- * tolerance exactly.
+ * programming). The budget above the lowest reachable average is discretised into cells of width
+ * tolerance / groups where the work allows (at most 2^21 cells and 2^27 cell x level x group steps),
+ * each cell keeping its cheapest partial plan and that plan's exact budget; the answer is the
+ * cheapest complete plan whose exact average meets the tolerance, so it always meets it. The result
+ * is optimal for the discretised budgets; a cheaper plan whose exact budget lies in a grid cell
+ * shared with a cheaper plan outside the tolerance can be missed (rare: about 1 in 3000 random small
+ * instances), and with tolerance 0 a reachable target may then be reported infeasible.
  *
  *   costs       num_layers x num_levels finite values, row-major (cost[l][k] of layer l at level
  *               k); a group's cost is the sum over its layers.
@@ -462,7 +466,7 @@ int64_t msp_search_max_batch(const msp_search *search);
  * batch.
  *
  * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL, capacity smaller than the batch: see
- * msp_search_max_batch).
+ * msp_search_max_batch); MSP_ERR_OUT_OF_MEMORY.
  */
 msp_status msp_search_ask(msp_search *search, int32_t *plans_out, int64_t capacity, int64_t *count_out,
                           int32_t *fidelity_out);
@@ -494,7 +498,8 @@ msp_status msp_search_get_progress(const msp_search *search, msp_search_progress
 
 /*
  * Fitness callback of msp_search_run: scores `plan` (num_layers level indices) at `fidelity` into
- * *fitness_out. Return 0 to go on, anything else to cancel; a NaN fitness also cancels.
+ * *fitness_out. Return 0 to go on, anything else to cancel; a NaN or -inf fitness also cancels
+ * (+inf marks the plan as worst).
  */
 typedef int32_t (*msp_fitness_fn)(const int32_t *plan, int64_t num_layers, int32_t fidelity, void *user_data,
                                   double *fitness_out);
@@ -527,7 +532,7 @@ msp_status msp_search_run(msp_search *search, msp_fitness_fn fitness, msp_progre
  * level k of w^2 * (diag ? diag[i] : 1). With scale = Tr(F_l) / size_l this is the Fisher-weighted
  * energy; with diag = the per-weight Fisher diagonal (msp_fisher_add_diagonal) it is an OBD-style cost.
  *
- *   weights            rows x cols elements of `dtype` (read only), no NaN.
+ *   weights            rows x cols elements of `dtype` (read only), finite (no NaN or inf).
  *   levels, num_levels the level set (as for msp_problem_create); every N:M level's m must divide cols.
  *   scope              MSP_SCOPE_ROW or MSP_SCOPE_LAYER, for unstructured levels.
  *   col_scale          NULL or cols finite values >= 0, as for msp_nm_prune.
@@ -535,7 +540,7 @@ msp_status msp_search_run(msp_search *search, msp_fitness_fn fitness, msp_progre
  *   scale              finite, >= 0.
  *   costs_out          num_levels doubles.
  *
- * Uses scratch memory of about one copy of the layer. Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (the
+ * Uses scratch memory of a few rows per thread. Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (the
  * message names the argument, e.g. an N:M level whose m does not divide cols); MSP_ERR_OUT_OF_MEMORY.
  */
 msp_status msp_cost_table_energy(const void *weights, msp_dtype dtype, int64_t rows, int64_t cols,
@@ -547,7 +552,7 @@ msp_status msp_cost_table_energy(const void *weights, msp_dtype dtype, int64_t r
  * dW = W - W_k is the part pruned at level k and H = X^T X (cols x cols) is the Gram matrix of the
  * layer's calibration inputs. Computed with BLAS in float32 blocks of rows, accumulated in double.
  *
- *   gram   cols x cols floats, symmetric, finite.
+ *   gram   cols x cols finite floats, used as given (symmetry is not checked); cols <= INT32_MAX.
  *   other arguments as for msp_cost_table_energy.
  *
  * Uses scratch memory of a few copies of a block of rows. Returns as msp_cost_table_energy.

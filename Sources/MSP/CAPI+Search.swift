@@ -156,10 +156,11 @@ public func msp_search_run(
                 for (l, k) in search.problem.layerPlan(candidate).enumerated() { plan[l] = Int32(k) }
                 var value = Double.nan
                 let status = fitness(plan, Int64(layers), Int32(batch.fidelity), user_data, &value)
-                guard status == 0, !value.isNaN else {
+                guard status == 0, !value.isNaN, value != -.infinity else {
                     search.cancelPending()
                     throw MSPError.cancelled(
-                        status != 0 ? "the fitness callback returned \(status)" : "the fitness callback returned NaN")
+                        status != 0
+                            ? "the fitness callback returned \(status)" : "the fitness callback gave \(value)")
                 }
                 values.append(value)
             }

@@ -7,9 +7,10 @@
 /// delta = tolerance / units when that fits a work limit, else as fine as the limit allows (at most
 /// 2^21 cells). Each cell keeps its cheapest partial plan and that plan's exact budget; the answer
 /// is the cheapest final cell whose exact average meets the tolerance, so the plan always meets it.
+/// It is optimal for the discretised budgets (see `msp_solve_additive` for the rare miss).
 public enum AdditiveSolver {
     /// Most dynamic-programming steps (cells x levels x units) spent on one solve.
-    static let workLimit = 1 << 28
+    static let workLimit = 1 << 27
     /// Most budget cells.
     static let maxCells = 1 << 21
 
@@ -30,19 +31,23 @@ public enum AdditiveSolver {
         }
         let total = Double(problem.totalSize)
         let bounds = problem.unitBounds
-        // Budget of unit u at level k above its lowest level, as a fraction of all parameters.
-        let extra = { (u: Int, k: Int) in
-            Double(problem.unitSizes[u]) * (problem.levels.sparsity(k) - problem.levels.sparsity(bounds[u].lowerBound))
-                / total
+        // Budget of unit u at its i-th allowed level above its lowest level, as a fraction of all
+        // parameters, and that level's cost.
+        let extras = (0..<units).map { u in
+            bounds[u].map { k in
+                Double(problem.unitSizes[u])
+                    * (problem.levels.sparsity(k) - problem.levels.sparsity(bounds[u].lowerBound)) / total
+            }
         }
+        let unitCosts = (0..<units).map { u in bounds[u].map { costs[u * levels + $0] } }
         let base = problem.range.lowerBound
-        let span = (0..<units).reduce(0.0) { $0 + extra($1, bounds[$1].upperBound) }
+        let span = extras.reduce(0.0) { $0 + ($1.last ?? 0) }
         let widest = bounds.map(\.count).max() ?? 1
         let byTolerance = problem.tolerance > 0 ? Int((span * Double(units) / problem.tolerance).rounded(.up)) : maxCells
         let cells = max(1, min(byTolerance, maxCells, workLimit / max(1, units * widest)))
         let delta = span > 0 ? span / Double(cells) : 1
         let width = cells + units + 1
-        let step = { (u: Int, k: Int) in Int((extra(u, k) / delta).rounded()) }
+        let steps = extras.map { $0.map { Int(($0 / delta).rounded()) } }
 
         var cost = [Double](repeating: .infinity, count: width)
         var exact = [Double](repeating: 0, count: width)
@@ -51,21 +56,29 @@ public enum AdditiveSolver {
         var reach = 0  // highest cell reached so far
         return try withScratch(UInt8.self, units * width) { choice in
             for u in 0..<units {
-                for c in 0...min(width - 1, reach + step(u, bounds[u].upperBound)) { nextCost[c] = .infinity }
-                var newReach = 0
-                let steps = bounds[u].map { step(u, $0) }
-                for c in 0...reach where cost[c] < .infinity {
-                    for (i, k) in bounds[u].enumerated() {
-                        let c2 = min(c + steps[i], width - 1)
-                        let candidate = cost[c] + costs[u * levels + k]
-                        if candidate < nextCost[c2] {
-                            nextCost[c2] = candidate
-                            nextExact[c2] = exact[c] + extra(u, k)
-                            choice[u * width + c2] = UInt8(i)
-                            newReach = max(newReach, c2)
+                let top = min(width - 1, reach + (steps[u].last ?? 0))
+                let newReach = top
+                steps[u].withUnsafeBufferPointer { step in
+                extras[u].withUnsafeBufferPointer { extra in
+                unitCosts[u].withUnsafeBufferPointer { unitCost in
+                cost.withUnsafeBufferPointer { cost in
+                exact.withUnsafeBufferPointer { exact in
+                nextCost.withUnsafeMutableBufferPointer { nextCost in
+                nextExact.withUnsafeMutableBufferPointer { nextExact in
+                    let row = choice + u * width
+                    for c in 0...top { nextCost[c] = .infinity }
+                    for c in 0...reach where cost[c] < .infinity {
+                        for i in 0..<step.count {
+                            let c2 = min(c + step[i], width - 1)
+                            let candidate = cost[c] + unitCost[i]
+                            if candidate < nextCost[c2] {
+                                nextCost[c2] = candidate
+                                nextExact[c2] = exact[c] + extra[i]
+                                row[c2] = UInt8(i)
+                            }
                         }
                     }
-                }
+                }}}}}}}
                 swap(&cost, &nextCost)
                 swap(&exact, &nextExact)
                 reach = newReach
@@ -83,9 +96,9 @@ public enum AdditiveSolver {
             var plan = [Int](repeating: 0, count: units)
             var c = best
             for u in stride(from: units - 1, through: 0, by: -1) {
-                let k = bounds[u].lowerBound + Int(choice[u * width + c])
-                plan[u] = k
-                c -= step(u, k)
+                let i = Int(choice[u * width + c])
+                plan[u] = bounds[u].lowerBound + i
+                c -= steps[u][i]
             }
             return (plan, cost[best])
         }

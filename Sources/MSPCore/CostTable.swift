@@ -25,8 +25,11 @@ public enum CostTable {
     /// Rows of the layer each energy partial sum covers: about `energyBlockElements` weights.
     static let energyBlockElements = 1 << 16
     /// At most this many float32 values in each of the reconstruction's two work blocks (dW and
-    /// dW * H): 64 MiB each. Larger blocks amortise BLAS's packing of H.
-    static let reconstructionBlockFloats = 1 << 24
+    /// dW * H): 64 MiB each, and no more than the layer has weights (but at least 1 MiB). Larger
+    /// blocks amortise BLAS's packing of H.
+    static func reconstructionBlockFloats(_ matrix: Matrix) -> Int {
+        min(1 << 24, max(matrix.count, 1 << 18))
+    }
 
     /// Pruned energy at every level: `costs[k] = scale * Σ_{i pruned at level k} w[i]² * (diag?[i] ?? 1)`,
     /// accumulated in double.
@@ -83,7 +86,8 @@ public enum CostTable {
     /// where `dW = W - W_k` holds the weights level k prunes (zeros elsewhere) and `H` the Gram
     /// matrix of the layer's inputs. `dW * H` is computed by `cblas_sgemm` in float32 on blocks of
     /// rows (all levels' blocks stacked into one product); each row's dot product with `dw_r` is
-    /// accumulated in double.
+    /// accumulated in double. Memory: two float32 blocks of at most min(64 MiB, max(4 * rows * cols
+    /// bytes, 1 MiB)) each, plus a few rows per thread; never a copy of the layer per level.
     /// - Parameters:
     ///   - weights, matrix, levels, scope, colScale: as for `energy`.
     ///   - gram: `cols * cols` finite floats, row-major (H is used as given; it should be symmetric).
@@ -96,7 +100,7 @@ public enum CostTable {
     ) throws -> [Double] {
         try reconstruction(
             weights: weights, matrix, levels: levels, scope: scope, colScale: colScale, gram: gram,
-            blockFloats: reconstructionBlockFloats)
+            blockFloats: reconstructionBlockFloats(matrix))
     }
 
     /// `reconstruction` with its work-block size as a parameter (tests make it small).
@@ -206,7 +210,8 @@ struct LevelPlan {
     /// because the level set's sparsities increase).
     private(set) var pruned: [Int] = []
 
-    /// - Throws: `MSPError.invalidArgument` "level k (n:m): cols (C) is not a multiple of m".
+    /// - Throws: `MSPError.invalidArgument` "level k (n:m): cols (C) is not a multiple of m", or for
+    ///   rows of more than 2^32 weights with unstructured row-scope levels (the row sort's limit).
     init(_ levels: LevelSet, _ matrix: Matrix, scope: TopKScope) throws {
         let groupSize = scope == .row ? matrix.cols : matrix.count
         for (k, level) in levels.levels.enumerated() {
@@ -234,6 +239,10 @@ struct LevelPlan {
                     pruned.append(min(count, groupSize))
                 }
             }
+        }
+        if scope == .row, !pruned.isEmpty, matrix.cols > 1 << 32 {
+            throw MSPError.invalidArgument(
+                "cols (\(matrix.cols)) must be at most 2^32 for unstructured levels with MSP_SCOPE_ROW")
         }
     }
 
@@ -698,33 +707,47 @@ private struct Kernel<E: Element> {
             }
             decided += bits
         }
-        // Ties at the threshold are kept in index order: the first pruned one is the cut.
-        let found = try Threads.map(levels) { range in
+        // Ties at a threshold are kept in index order: the first pruned one is the level's cut. Each
+        // chunk holding cuts is scanned once, for all of them.
+        let thresholds = selects.map { $0.rank > 0 ? $0.threshold : UInt32.max }  // rank 0 prunes all
+        var jobs = [[(level: Int, skip: Int)]](repeating: [], count: chunks.count)
+        for j in selecting {
+            var before = 0
+            for t in chunks.indices {
+                let ties = tiesPerChunk[t * levels + j]
+                if before + ties > selects[j].ties {
+                    jobs[t].append((j, selects[j].ties - before))
+                    break
+                }
+                before += ties
+            }
+        }
+        let found = try Threads.map(chunks) { t, range -> [(level: Int, cut: Int)] in
+            let work = jobs[t]
+            guard !work.isEmpty else { return [] }
+            let table = PrefixTable(decided: 32, prefixes: work.map { thresholds[$0.level] })
+            let slots = work.map { table.slot(thresholds[$0.level]) }
+            var seen = [Int](repeating: 0, count: table.count)
+            var cuts: [(level: Int, cut: Int)] = []
             try withScratch(UInt32.self, cols) { keys in
-                range.map { j -> (UInt32, Int) in
-                    guard selects[j].rank > 0 else { return (UInt32.max, Int.max) }  // prunes everything
-                    let threshold = selects[j].threshold
-                    var before = 0
-                    for (t, chunk) in chunks.enumerated() {
-                        let ties = tiesPerChunk[t * levels + j]
-                        if before + ties > selects[j].ties {
-                            let skip = selects[j].ties - before
-                            var seen = 0
-                            for r in chunk {
-                                rowKeys(r, into: keys)
-                                for c in 0..<cols where keys[c] == threshold {
-                                    if seen == skip { return (threshold, r * cols + c) }
-                                    seen += 1
-                                }
-                            }
+                scan: for r in range {
+                    rowKeys(r, into: keys)
+                    for c in 0..<cols {
+                        let slot = table.slot(keys[c])
+                        guard slot < table.count else { continue }
+                        for (q, job) in work.enumerated() where slots[q] == slot && job.skip == seen[slot] {
+                            cuts.append((job.level, r * cols + c))
                         }
-                        before += ties
+                        seen[slot] += 1
+                        if cuts.count == work.count { break scan }
                     }
-                    return (threshold, Int.max)
                 }
             }
-        }.joined()
-        cuts = LayerCuts(thresholds: found.map(\.0), cuts: found.map(\.1))
+            return cuts
+        }
+        var cutOf = [Int](repeating: Int.max, count: levels)
+        for (j, cut) in found.joined() { cutOf[j] = cut }
+        cuts = LayerCuts(thresholds: thresholds, cuts: cutOf)
     }
 }
 
@@ -736,7 +759,7 @@ private struct PrefixTable {
     /// Keeps the decided high bits.
     let highMask: UInt32
     /// Per value of a key's top 11 bits: the index of the only prefix starting with them, -1 for
-    /// none, -2 for several.
+    /// none, -2 for several. With `decided` = 32 the prefixes are whole keys.
     let top: [Int32]
 
     init(decided: Int, prefixes: [UInt32]) {

@@ -87,38 +87,50 @@ public enum NMMask {
             row r: Int, firstGroup g0: Int, scores s: UnsafeMutablePointer<Float>,
             ranks rank: UnsafeMutablePointer<UInt8>
         ) {
+            // Index arithmetic wraps (&+, &*): every index is below rows * cols, checked at the C
+            // boundary, and unchecked arithmetic lets the loops vectorise.
             let block = blockGroups
-            let len = min(block, cols / m - g0)
-            let start = r * cols + g0 * m
+            let len = min(block, cols / m &- g0)
+            let start = r &* cols &+ g0 &* m
             let row = source + start
+            let firstCol = g0 &* m
             // Scores transposed to [position in group][group], so the rank loops run over groups.
             for q in 0..<m {
-                let sq = s + q * block
-                for g in 0..<len { sq[g] = score(row[g * m + q], g0 * m + g * m + q) }
+                let sq = s + q &* block
+                for g in 0..<len {
+                    let i = g &* m &+ q
+                    sq[g] = score(row[i], firstCol &+ i)
+                }
             }
             // rank[p][g]: how many members of group g are ordered before member p.
             for p in 0..<m {
-                let sp = s + p * block, rp = rank + p * block
+                let sp = s + p &* block, rp = rank + p &* block
                 for g in 0..<len { rp[g] = 0 }
                 for q in 0..<p {
-                    let sq = s + q * block
+                    let sq = s + q &* block
                     for g in 0..<len { rp[g] &+= sq[g] >= sp[g] ? 1 : 0 }
                 }
-                for q in (p + 1)..<m {
-                    let sq = s + q * block
+                for q in (p &+ 1)..<m {
+                    let sq = s + q &* block
                     for g in 0..<len { rp[g] &+= sq[g] > sp[g] ? 1 : 0 }
                 }
             }
+            let kept = UInt8(n)
             if let target {
                 let out = target + start
-                for g in 0..<len {
-                    for p in 0..<m where Int(rank[p * block + g]) >= n { out[g * m + p] = 0 }
+                for p in 0..<m {
+                    let rp = rank + p &* block
+                    for g in 0..<len {
+                        let i = g &* m &+ p
+                        out[i] = rp[g] < kept ? out[i] : 0
+                    }
                 }
             }
             if let mask {
                 let out = mask + start
-                for g in 0..<len {
-                    for p in 0..<m { out[g * m + p] = Int(rank[p * block + g]) < n ? 1 : 0 }
+                for p in 0..<m {
+                    let rp = rank + p &* block
+                    for g in 0..<len { out[g &* m &+ p] = rp[g] < kept ? 1 : 0 }
                 }
             }
         }

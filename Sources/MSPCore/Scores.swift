@@ -90,7 +90,7 @@ private func validateScores<E: Element>(
     let base = data.assumingMemoryBound(to: E.Bits.self)
     let firstBad = try Threads.map(matrix.rows, minimumPerThread: max(1, 65536 / cols)) { rows in
         for r in rows {
-            let row = base + r * cols
+            let row = base + r &* cols
             var bad: UInt8 = 0
             for c in 0..<cols { bad |= score(row[c], c).isNaN ? 1 : 0 }
             if bad != 0 { return (0..<cols).first { score(row[$0], $0).isNaN }.map { (r, $0) } }

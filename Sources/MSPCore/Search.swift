@@ -29,6 +29,7 @@ public final class Search {
     /// Best plans so far, best first (ties: first evaluated first).
     private var population: [(plan: [Int], fitness: Double)] = []
     private var pending: Batch?
+    private var priors: [[Int]] = []
     private var stagePlans: [[Int]] = []
     private var stage = 0
     private var sinceImprovement = 0
@@ -44,8 +45,9 @@ public final class Search {
     /// Best fitness after each completed generation.
     public private(set) var history: [Double] = []
 
-    /// Creates a search.
-    /// - Throws: `MSPError.invalidArgument` for bad params or sensitivities.
+    /// Creates a search and computes its generation-0 prior plans.
+    /// - Throws: `MSPError.invalidArgument` for bad params or sensitivities; `MSPError.infeasible`
+    ///   when no plan meets the budget; `MSPError.outOfMemory`.
     public init(problem: Problem, sensitivity: [Double], params: SearchParams) throws {
         try params.validate()
         try Prior.validate(sensitivity, layers: problem.layerCount)
@@ -53,6 +55,7 @@ public final class Search {
         self.params = params
         self.sensitivity = sensitivity
         rng = SplitMix64(seed: params.seed)
+        priors = try priorPlans()
     }
 
     /// The best plan (per unit) and its fitness at the last fidelity, if any was evaluated.
@@ -67,13 +70,13 @@ public final class Search {
     }
 
     /// The next batch to score (the same batch again until it is told); empty when finished.
-    /// - Throws: `MSPError.infeasible` or `MSPError.outOfMemory` from the prior.
+    /// - Throws: `MSPError.outOfMemory` from a budget repair.
     public func ask() throws -> Batch {
         if let pending { return pending }
         if isDone { return Batch(plans: [], fidelity: lastFidelity) }
         let batch: Batch
         if generation < 0 {
-            stagePlans = Array(try priorPlans().prefix(remainingEvaluations))
+            stagePlans = Array(priors.prefix(remainingEvaluations))
             stage = lastFidelity
             batch = Batch(plans: stagePlans, fidelity: stage)
         } else if stage < lastFidelity || !stagePlans.isEmpty {
@@ -195,26 +198,19 @@ public final class Search {
         return population[min(a, b)].plan
     }
 
-    /// Moves one random unit a level up or down, plus further moves at `mutationRate`.
+    /// Moves one random movable unit a level up or down, then each further one at `mutationRate`,
+    /// at most once per movable unit.
     /// - Returns: the units moved.
     private func mutate(_ plan: inout [Int]) -> Set<Int> {
+        let movable = (0..<plan.count).filter { problem.unitBounds[$0].count > 1 }
         var moved: Set<Int> = []
-        guard problem.unitBounds.contains(where: { $0.count > 1 }) else { return moved }
-        repeat {
-            let u = random(plan.count)
+        while moved.count < movable.count && (moved.isEmpty || unit() < params.mutationRate) {
+            let u = movable[random(movable.count)]
             let bounds = problem.unitBounds[u]
             let up = rng.next() & 1 == 1
-            if up && plan[u] < bounds.upperBound {
-                plan[u] += 1
-            } else if !up && plan[u] > bounds.lowerBound {
-                plan[u] -= 1
-            } else if bounds.count > 1 {
-                plan[u] += up ? -1 : 1
-            } else {
-                continue
-            }
+            plan[u] += (up && plan[u] < bounds.upperBound) || plan[u] == bounds.lowerBound ? 1 : -1
             moved.insert(u)
-        } while moved.count < plan.count && (moved.isEmpty || unit() < params.mutationRate)
+        }
         return moved
     }
 

@@ -93,10 +93,8 @@ private func unstructured(_ s: Double) -> Level { try! Level(sparsity: s) }
 private func nm(_ n: Int, _ m: Int) -> Level { try! Level(n: n, m: m) }
 
 /// Level sets exercising N:M with two group sizes, unstructured levels (including sparsity 0 and
-/// levels that prune the same count), a mix of both, dense levels, and more than 32 levels (the
-/// layer-scope classification switches from counting to binary search there).
+/// levels that prune the same count), a mix of both, and dense levels.
 private let levelSets: [LevelSet] = [
-    try! LevelSet((0..<40).map { unstructured(0.024 * Double($0)) }),
     try! LevelSet([nm(4, 4), nm(7, 8), nm(3, 4), nm(5, 8), nm(2, 4), nm(3, 8), nm(1, 4), nm(1, 8)]),
     try! LevelSet([0, 0.1, 0.3, 0.5, 0.51, 0.75, 0.9, 0.999].map(unstructured)),
     try! LevelSet([nm(1, 1), unstructured(0.2), nm(2, 4), unstructured(0.6), nm(1, 4), unstructured(0.8), nm(1, 8),
@@ -163,7 +161,7 @@ struct CostTableTests {
                 for levels in levelSets {
                     let expected = try referenceReconstruction(t, levels, scope: scope, colScale: colScale, gram: gram)
                     // The default block size (one block) and one row per block.
-                    for blockFloats in [CostTable.reconstructionBlockFloats, 1] {
+                    for blockFloats in [CostTable.reconstructionBlockFloats(t.matrix), 1] {
                         let got = try withOptional(colScale) { s in
                             try gram.withUnsafeBufferPointer { h in
                                 try t.withBuffer { p, shape in
@@ -179,6 +177,34 @@ struct CostTableTests {
                     }
                 }
             }
+        }
+    }
+
+    /// More than 32 unstructured levels: the layer-scope classification uses binary search there.
+    @Test(arguments: [TopKScope.row, .layer])
+    func manyLevels(scope: TopKScope) throws {
+        let levels = try LevelSet((0..<40).map { unstructured(0.024 * Double($0)) })
+        let (rows, cols) = (9, 40)
+        var t = TestMatrix(
+            rows: rows, cols: cols, type: .f16,
+            values: finiteValues(rows * cols, type: .f16, seed: 9, subnormals: false))
+        let gram = randomGram(cols, seed: 9)
+        for colScale in [nil, (0..<cols).map { Float($0 % 3) }] {
+            let (energy, error) = try withOptional(colScale) { s in
+                try gram.withUnsafeBufferPointer { h in
+                    try t.withBuffer { p, shape in
+                        (try CostTable.energy(weights: p, shape, levels: levels, scope: scope, colScale: s, diag: nil, scale: 1),
+                         try CostTable.reconstruction(weights: p, shape, levels: levels, scope: scope, colScale: s, gram: h))
+                    }
+                }
+            }
+            let comment = "\(scope) scaled=\(colScale != nil)"
+            expectClose(
+                energy, try referenceEnergy(t, levels, scope: scope, colScale: colScale, diag: nil, scale: 1),
+                relative: 1e-12, comment)
+            expectClose(
+                error, try referenceReconstruction(t, levels, scope: scope, colScale: colScale, gram: gram),
+                relative: 1e-5, comment)
         }
     }
 

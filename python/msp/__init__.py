@@ -8,6 +8,10 @@ tensors::
     keep = msp.prune_topk_(w, 0.5, scope="row", col_scale=norms)  # Wanda, unstructured
     keep = msp.nm_mask(scores, 2, 4)                             # mask only
 
+Planning: ``msp.FisherAccumulator`` (sensitivities), ``msp.nm_levels`` / ``msp.ratio_levels`` (level
+sets), ``msp.plan`` / ``msp.Search`` (per-layer plans), ``msp.cost_table`` (proxy costs). torch
+helpers live in ``msp.torch``, which is the only module that imports torch.
+
 Library errors raise ``msp.MSPError`` subclasses that are also ``ValueError``, ``MemoryError`` or
 ``RuntimeError``.
 """
@@ -23,6 +27,11 @@ from .errors import (
     OutOfMemoryError,
 )
 from .masking import get_num_threads, nm_mask, prune_nm_, prune_topk_, set_num_threads, version
+from .fisher import FisherAccumulator, add_fisher_diagonal, sum_squares
+from .levels import Level, nm_levels, ratio_levels
+from .plan import Plan  # binds the submodule msp.plan first; the function below replaces the name
+from .planner import Problem, Search, plan
+from .costs import cost_table
 
 __version__ = version()
 
@@ -42,4 +51,15 @@ __all__ = [
     "get_num_threads",
     "version",
     "__version__",
+    "FisherAccumulator",
+    "sum_squares",
+    "add_fisher_diagonal",
+    "Level",
+    "nm_levels",
+    "ratio_levels",
+    "Plan",
+    "Problem",
+    "Search",
+    "plan",
+    "cost_table",
 ]

@@ -9,7 +9,8 @@ Search order (the first that exists is loaded):
 4. ``ctypes.util.find_library("msp")``.
 
 If none loads, ``OSError`` lists every path tried and why it failed. The library's
-``msp_abi_version()`` must equal ``ABI_VERSION`` or the import fails with ``ImportError``.
+``msp_abi_version()`` must equal ``ABI_VERSION``, and it must export every function of the table
+below; otherwise the import fails with ``ImportError`` giving the versions or the missing names.
 
 Functions returning ``msp_status`` get an ``errcheck`` that raises the matching ``msp.errors``
 exception carrying ``msp_last_error_message()``; on success they return ``None``. Buffers are
@@ -39,7 +40,6 @@ SCOPE_LAYER = 1
 
 _HERE = Path(__file__).resolve().parent
 _LIBNAME = "libmsp.so"
-
 
 
 # --- structs and callback types of the header (fields in header order, only ever appended) -------
@@ -239,16 +239,6 @@ def _errcheck(result: int, func, args):
     return None
 
 
-def _missing(name: str, path: str):
-    """A stand-in for a header function the loaded library does not export yet."""
-
-    def stub(*args):
-        raise NotImplementedError(f"msp: {name} is declared in msp.h but not exported by {path}")
-
-    stub.__name__ = name
-    return stub
-
-
 class _Functions:
     """The declared C functions, as attributes named like the C symbols."""
 
@@ -263,11 +253,12 @@ _abi.argtypes = ()
 _check_abi(_abi(), path)
 
 lib = _Functions()
+_missing_symbols = []
 for _name, _restype, _argtypes in _DECLARATIONS:
     try:
         _fn = dll[_name]  # a fresh function object: `dll.<name>` stays undeclared for raw tests
     except AttributeError:
-        setattr(lib, _name, _missing(_name, path))
+        _missing_symbols.append(_name)
         continue
     _fn.argtypes = _argtypes
     if _restype is _STATUS:
@@ -276,6 +267,11 @@ for _name, _restype, _argtypes in _DECLARATIONS:
     else:
         _fn.restype = _restype
     setattr(lib, _name, _fn)
+if _missing_symbols:
+    raise ImportError(
+        f"msp: {path} does not export {', '.join(_missing_symbols)}, declared in msp.h (ABI version {ABI_VERSION}); "
+        f"it is older than this package: rebuild it with `make lib`"
+    )
 
 
 def last_error_message() -> str:

@@ -15,7 +15,6 @@ or ``0.7``.
 
 from __future__ import annotations
 
-import math
 import numbers
 import operator
 from dataclasses import dataclass
@@ -231,7 +230,3 @@ def level_array(levels: Sequence[Level]) -> Any:
         array[k].m = level.m
     return array
 
-
-def is_finite_real(value: Any) -> bool:
-    """True for a finite real number (bools excluded)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

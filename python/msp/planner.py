@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ._lib import lib, msp_fitness_fn, msp_prior_params, msp_progress_fn, msp_search_params, msp_search_progress
+from ._lib import lib, msp_fitness_fn, msp_progress_fn, msp_search_params, msp_search_progress
 from .errors import InvalidStateError, MSPCancelled
 from .levels import Level, as_level_set, level_array
 from .plan import Plan

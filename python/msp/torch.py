@@ -370,3 +370,12 @@ def fisher_traces(
             raise ValueError("batches is empty: no calibration sample")
         traces = accumulator.traces(per_parameter=per_parameter)
     return OrderedDict((name, float(t)) for name, t in zip(names, traces))
+
+
+# --- pruning and fitness helpers (defined in ._torch_prune and ._torch_eval) -----------------------
+
+from ._torch_eval import TopK, kl_to_dense, perplexity, reference_logits  # noqa: E402
+from ._torch_prune import Pruner, activation_norms, apply_plan, block_groups, prune  # noqa: E402
+
+__all__ += ["Pruner", "activation_norms", "apply_plan", "block_groups", "prune", "perplexity", "kl_to_dense",
+            "reference_logits", "TopK"]

@@ -360,6 +360,10 @@ def _bad_cases():
     def _():
         return lambda: msp.prune_nm_(None, 2, 4), []
 
+    @case("none-scores", TypeError, "numpy array or a torch tensor")
+    def _():
+        return lambda: msp.nm_mask(None, 2, 4), []
+
     @case("list-weight", TypeError, "numpy array or a torch tensor")
     def _():
         return lambda: msp.prune_topk_([[1.0, 2.0]], 0.5), []
