@@ -60,31 +60,54 @@ public enum NMMask {
         let kernel = Kernel<E>(
             source: src.assumingMemoryBound(to: E.Bits.self),
             target: dst?.assumingMemoryBound(to: E.Bits.self), mask: mask, cols: matrix.cols,
-            n: pattern.n, m: pattern.m, score: Scorer<E>(rule))
+            n: pattern.n, score: Scorer<E>(rule))
         _ = try Threads.map(matrix.rows, minimumPerThread: max(1, 65536 / matrix.cols)) { rows in
             try withScratch(Float.self, pattern.m * blockGroups) { scores in
                 try withScratch(UInt8.self, pattern.m * blockGroups) { ranks in
-                    for r in rows {
-                        for g0 in stride(from: 0, to: matrix.cols / pattern.m, by: blockGroups) {
-                            kernel.block(row: r, firstGroup: g0, scores: scores, ranks: ranks)
-                        }
+                    // Literal group sizes let the inlined loops unroll and vectorise.
+                    switch pattern.m {
+                    case 2: kernel.rows(rows, GroupSize<2>.self, scores: scores, ranks: ranks)
+                    case 4: kernel.rows(rows, GroupSize<4>.self, scores: scores, ranks: ranks)
+                    case 8: kernel.rows(rows, GroupSize<8>.self, scores: scores, ranks: ranks)
+                    case 16: kernel.rows(rows, GroupSize<16>.self, scores: scores, ranks: ranks)
+                    default: kernel.rows(rows, m: pattern.m, scores: scores, ranks: ranks)
                     }
                 }
             }
         }
     }
 
-    /// One N:M masking job; `block` handles up to `blockGroups` groups of one row.
+    /// One N:M masking job; `block` handles up to `blockGroups` groups of `m` of one row.
     private struct Kernel<E: Element> {
         let source: UnsafePointer<E.Bits>
         let target: UnsafeMutablePointer<E.Bits>?
         let mask: UnsafeMutablePointer<UInt8>?
-        let cols: Int, n: Int, m: Int
+        let cols: Int, n: Int
         let score: Scorer<E>
+
+        /// Masks `rows` with the group size fixed at compile time.
+        func rows<let M: Int>(
+            _ rows: Range<Int>, _: GroupSize<M>.Type, scores: UnsafeMutablePointer<Float>,
+            ranks: UnsafeMutablePointer<UInt8>
+        ) {
+            self.rows(rows, m: M, scores: scores, ranks: ranks)
+        }
+
+        /// Masks `rows` block by block; `m` is the group size.
+        @inline(__always)
+        func rows(
+            _ rows: Range<Int>, m: Int, scores: UnsafeMutablePointer<Float>, ranks: UnsafeMutablePointer<UInt8>
+        ) {
+            for r in rows {
+                for g0 in stride(from: 0, to: cols / m, by: blockGroups) {
+                    block(row: r, firstGroup: g0, m: m, scores: scores, ranks: ranks)
+                }
+            }
+        }
 
         @inline(__always)
         func block(
-            row r: Int, firstGroup g0: Int, scores s: UnsafeMutablePointer<Float>,
+            row r: Int, firstGroup g0: Int, m: Int, scores s: UnsafeMutablePointer<Float>,
             ranks rank: UnsafeMutablePointer<UInt8>
         ) {
             // Index arithmetic wraps (&+, &*): every index is below rows * cols, checked at the C
@@ -96,11 +119,7 @@ public enum NMMask {
             let firstCol = g0 &* m
             // Scores transposed to [position in group][group], so the rank loops run over groups.
             for q in 0..<m {
-                let sq = s + q &* block
-                for g in 0..<len {
-                    let i = g &* m &+ q
-                    sq[g] = score(row[i], firstCol &+ i)
-                }
+                score.gather(row + q, count: len, stride: m, firstCol: firstCol &+ q, into: s + q &* block)
             }
             // rank[p][g]: how many members of group g are ordered before member p.
             for p in 0..<m {
@@ -118,21 +137,22 @@ public enum NMMask {
             let kept = UInt8(n)
             if let target {
                 let out = target + start
-                for p in 0..<m {
-                    let rp = rank + p &* block
-                    for g in 0..<len {
+                for g in 0..<len {
+                    for p in 0..<m {
                         let i = g &* m &+ p
-                        out[i] = rp[g] < kept ? out[i] : 0
+                        out[i] = rank[p &* block &+ g] < kept ? out[i] : 0
                     }
                 }
             }
             if let mask {
                 let out = mask + start
-                for p in 0..<m {
-                    let rp = rank + p &* block
-                    for g in 0..<len { out[g &* m &+ p] = rp[g] < kept ? 1 : 0 }
+                for g in 0..<len {
+                    for p in 0..<m { out[g &* m &+ p] = rank[p &* block &+ g] < kept ? 1 : 0 }
                 }
             }
         }
     }
 }
+
+/// A group size as a type, so kernels specialise for it.
+private enum GroupSize<let M: Int> {}

@@ -45,6 +45,44 @@ struct Scorer<E: Element> {
         }
     }
 
+    /// Scores `count` elements `src[0]`, `src[stride]`, ... lying in columns `firstCol`,
+    /// `firstCol + stride`, ... into `dst[0 ..< count]`. The rule is chosen once, outside the loop.
+    @inline(__always)
+    func gather(
+        _ src: UnsafePointer<E.Bits>, count: Int, stride: Int, firstCol: Int, into dst: UnsafeMutablePointer<Float>
+    ) {
+        if let scale {
+            let s = scale + firstCol
+            for i in 0..<count {
+                let j = i &* stride
+                dst[i] = abs(E.widen(src[j])) * s[j]
+            }
+        } else if absolute {
+            for i in 0..<count { dst[i] = abs(E.widen(src[i &* stride])) }
+        } else {
+            for i in 0..<count { dst[i] = E.widen(src[i &* stride]) }
+        }
+    }
+
+    /// Whether any of `count` consecutive elements from column `firstCol` on scores NaN.
+    @inline(__always)
+    func anyNaN(_ src: UnsafePointer<E.Bits>, count: Int, firstCol: Int) -> Bool {
+        var nans = 0
+        if let scale {
+            let s = scale + firstCol
+            for i in 0..<count {
+                let v = abs(E.widen(src[i])) * s[i]
+                nans &+= v != v ? 1 : 0  // `isNaN` branches; the self-comparison vectorises
+            }
+        } else {
+            for i in 0..<count {
+                let v = E.widen(src[i])
+                nans &+= v != v ? 1 : 0
+            }
+        }
+        return nans != 0
+    }
+
     /// The float32 score of an element stored as `bits` in column `c`.
     @inline(__always) func callAsFunction(_ bits: E.Bits, _ c: Int) -> Float {
         let v = E.widen(bits)
@@ -91,9 +129,7 @@ private func validateScores<E: Element>(
     let firstBad = try Threads.map(matrix.rows, minimumPerThread: max(1, 65536 / cols)) { rows in
         for r in rows {
             let row = base + r &* cols
-            var bad: UInt8 = 0
-            for c in 0..<cols { bad |= score(row[c], c).isNaN ? 1 : 0 }
-            if bad != 0 { return (0..<cols).first { score(row[$0], $0).isNaN }.map { (r, $0) } }
+            if score.anyNaN(row, count: cols, firstCol: 0) { return (0..<cols).first { score(row[$0], $0).isNaN }.map { (r, $0) } }
         }
         return nil
     }.lazy.compactMap { $0 }.first
