@@ -63,7 +63,7 @@ public enum NMMask {
             n: pattern.n, score: Scorer<E>(rule))
         _ = try Threads.map(matrix.rows, minimumPerThread: max(1, 65536 / matrix.cols)) { rows in
             try withScratch(Float.self, pattern.m * blockGroups) { scores in
-                try withScratch(UInt8.self, pattern.m * blockGroups) { ranks in
+                try withScratch(UInt8.self, 2 * pattern.m * blockGroups) { ranks in
                     // Literal group sizes let the inlined loops unroll and vectorise.
                     switch pattern.m {
                     case 2: kernel.rows(rows, GroupSize<2>.self, scores: scores, ranks: ranks)
@@ -110,6 +110,7 @@ public enum NMMask {
             row r: Int, firstGroup g0: Int, m: Int, scores s: UnsafeMutablePointer<Float>,
             ranks rank: UnsafeMutablePointer<UInt8>
         ) {
+            // `rank` holds 2 * m * blockGroups bytes: ranks, then keep flags.
             // Index arithmetic wraps (&+, &*): every index is below rows * cols, checked at the C
             // boundary, and unchecked arithmetic lets the loops vectorise.
             let block = blockGroups
@@ -134,22 +135,18 @@ public enum NMMask {
                     for g in 0..<len { rp[g] &+= sq[g] > sp[g] ? 1 : 0 }
                 }
             }
-            let kept = UInt8(n)
+            // Keep flags (0 or 1) in natural order, then contiguous, branch-free writes.
+            let flags = rank + m &* block
+            let n8 = UInt8(n)
+            for g in 0..<len {
+                for p in 0..<m { flags[g &* m &+ p] = rank[p &* block &+ g] < n8 ? 1 : 0 }
+            }
+            let count = len &* m
             if let target {
                 let out = target + start
-                for g in 0..<len {
-                    for p in 0..<m {
-                        let i = g &* m &+ p
-                        out[i] = rank[p &* block &+ g] < kept ? out[i] : 0
-                    }
-                }
+                for i in 0..<count { out[i] = row[i] & (0 &- E.Bits(truncatingIfNeeded: flags[i])) }
             }
-            if let mask {
-                let out = mask + start
-                for g in 0..<len {
-                    for p in 0..<m { out[g &* m &+ p] = rank[p &* block &+ g] < kept ? 1 : 0 }
-                }
-            }
+            if let mask { (mask + start).update(from: flags, count: count) }
         }
     }
 }
