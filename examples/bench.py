@@ -224,6 +224,13 @@ def main() -> None:
                 },
                 args.repeats, args.slow_repeats,
             )
+    g = torch.randn(11008, 4096, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    t_msp = median_time(lambda: msp.sum_squares(g), lambda: None, args.repeats)
+    t_torch = median_time(lambda: (g.float() ** 2).sum(), lambda: None, args.repeats)
+    squares = {"msp_ms": t_msp * 1e3, "torch_ms": t_torch * 1e3, "ratio": t_torch / t_msp,
+               "msp_GBps": g.numel() * 2 / t_msp / 1e9}
+    print(f"sum_squares 11008x4096 bf16: msp {squares['msp_ms']:.1f} ms ({squares['msp_GBps']:.1f} GB/s read), "
+          f"torch (g.float()**2).sum() {squares['torch_ms']:.1f} ms: {squares['ratio']:.1f}x")
     print()
     print("ratio = baseline time / msp time (higher: msp faster). numpy (f32 only): stable argsort per group for")
     print("N:M, argpartition per row (not tie-stable) for unstructured. msp GB/s counts 2 x weight bytes.")
@@ -234,7 +241,7 @@ def main() -> None:
     print(f"total bench time {time.perf_counter() - started:.0f} s")
 
     if args.json:
-        report = {"machine": machine, "copy_bandwidth": bandwidth, "results": results}
+        report = {"machine": machine, "copy_bandwidth": bandwidth, "results": results, "sum_squares": squares}
         text = json.dumps(report, indent=2)
         if args.json == "-":
             print(text)
