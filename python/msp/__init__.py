@@ -17,7 +17,8 @@ Library errors raise ``msp.MSPError`` subclasses that are also ``ValueError``, `
 """
 
 from ._lib import ABI_VERSION
-from .errors import (
+from .errors import (  # noqa: F401  (re-exported through __all__)
+    _EXCEPTIONS,
     InfeasibleError,
     InternalError,
     InvalidArgumentError,
@@ -37,13 +38,7 @@ __version__ = version()
 
 __all__ = [
     "ABI_VERSION",
-    "MSPError",
-    "InvalidArgumentError",
-    "OutOfMemoryError",
-    "InfeasibleError",
-    "MSPCancelled",
-    "InvalidStateError",
-    "InternalError",
+    *(cls.__name__ for cls in _EXCEPTIONS),
     "nm_mask",
     "prune_nm_",
     "prune_topk_",

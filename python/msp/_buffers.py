@@ -19,16 +19,14 @@ Rules, shared by every function of the package:
 
 from __future__ import annotations
 
-import operator
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ._convert import int32  # noqa: F401  (re-exported: masking and costs call _buffers.int32)
 from ._lib import DTYPE_BF16, DTYPE_F16, DTYPE_F32
-
-_INT32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -62,6 +60,37 @@ def _numpy_dtype_code(dtype: np.dtype) -> int | None:
     return None
 
 
+def tensor_code(torch: Any, x: Any, name: str) -> int:
+    """The dtype code of a dense float32/float16/bfloat16 tensor; ``TypeError`` for anything else."""
+    codes = {torch.float32: DTYPE_F32, torch.float16: DTYPE_F16, torch.bfloat16: DTYPE_BF16}
+    code = codes.get(x.dtype)
+    if code is None:
+        raise TypeError(f"{name} has dtype {x.dtype}; msp takes float32, float16 or bfloat16 tensors")
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} has layout {x.layout}; msp takes dense (strided) tensors")
+    return code
+
+
+def ndarray_code(x: Any, name: str, *, tensor: str, why: str = "") -> int:
+    """The dtype code of a plain float32/float16/bfloat16 numpy array; ``TypeError`` for anything else.
+
+    ``tensor`` names the accepted tensors and ``why`` ends the dtype message.
+    """
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a numpy masked array; pass a plain ndarray (its .data)")
+    if not isinstance(x, np.ndarray):
+        raise TypeError(
+            f"{name} must be a numpy array or {tensor} of float32, float16 or bfloat16, got {type(x).__name__}"
+        )
+    code = _numpy_dtype_code(x.dtype)
+    if code is None:
+        raise TypeError(
+            f"{name} has dtype {x.dtype}; msp takes float32 or float16 numpy arrays (bfloat16 via "
+            f"torch or ml_dtypes) and converts nothing{why}"
+        )
+    return code
+
+
 def _check_shape(shape: tuple, name: str) -> tuple[int, int]:
     if len(shape) != 2:
         raise ValueError(f"{name} must be 2-D [rows, cols], got {len(shape)}-D shape {tuple(shape)}")
@@ -87,19 +116,7 @@ def as_matrix(x: Any, name: str, *, inplace: bool) -> Matrix:
     torch = _torch_of(x)
     if torch is not None:
         return _tensor_matrix(torch, x, name, inplace)
-    if isinstance(x, np.ma.MaskedArray):
-        raise TypeError(f"{name} is a numpy masked array; pass a plain ndarray (its .data)")
-    if not isinstance(x, np.ndarray):
-        raise TypeError(
-            f"{name} must be a numpy array or a torch tensor of float32, float16 or bfloat16, "
-            f"got {type(x).__name__}"
-        )
-    code = _numpy_dtype_code(x.dtype)
-    if code is None:
-        raise TypeError(
-            f"{name} has dtype {x.dtype}; msp takes float32 or float16 numpy arrays (bfloat16 via "
-            f"torch or ml_dtypes) and converts nothing, since a conversion can change ties"
-        )
+    code = ndarray_code(x, name, tensor="a torch tensor", why=", since a conversion can change ties")
     rows, cols = _check_shape(x.shape, name)
     if not (x.flags.c_contiguous and x.flags.aligned):
         if inplace:
@@ -117,12 +134,7 @@ def as_matrix(x: Any, name: str, *, inplace: bool) -> Matrix:
 
 
 def _tensor_matrix(torch, x, name: str, inplace: bool) -> Matrix:
-    codes = {torch.float32: DTYPE_F32, torch.float16: DTYPE_F16, torch.bfloat16: DTYPE_BF16}
-    code = codes.get(x.dtype)
-    if code is None:
-        raise TypeError(f"{name} has dtype {x.dtype}; msp takes float32, float16 or bfloat16 tensors")
-    if x.layout != torch.strided:
-        raise TypeError(f"{name} has layout {x.layout}; msp takes dense (strided) tensors")
+    code = tensor_code(torch, x, name)
     if x.device.type != "cpu":
         raise ValueError(
             f"{name} is on device {x.device}; msp works on CPU memory (move it with .cpu() and, "
@@ -187,21 +199,3 @@ def as_col_scale(col_scale: Any, cols: int) -> np.ndarray | None:
     if array.shape != (cols,):
         raise ValueError(f"col_scale must be 1-D with cols = {cols} entries, got shape {array.shape}")
     return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def int32(value: Any, name: str) -> int:
-    """``value`` as a Python int in the int32 range (the C argument type).
-
-    Raises:
-        TypeError: not an integer (bools are rejected too).
-        ValueError: outside the int32 range.
-    """
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got a bool")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-    if not -_INT32_MAX - 1 <= number <= _INT32_MAX:
-        raise ValueError(f"{name} ({number}) is outside the int32 range")
-    return number

@@ -7,6 +7,8 @@ Every exception carries ``.status`` (the C status code) and ``.message`` (the li
 
 from __future__ import annotations
 
+from typing import Any
+
 # Status codes, pinned in include/msp.h.
 OK = 0
 ERR_INVALID_ARGUMENT = 1
@@ -27,6 +29,12 @@ class MSPError(Exception):
 
     status: int = ERR_INTERNAL
 
+    def __init_subclass__(cls, status: int | None = None, **kwargs: Any) -> None:
+        # A subclass names its status code: ``class X(MSPError, ValueError, status=ERR_...)``.
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+
     def __init__(self, message: str = "", status: int | None = None) -> None:
         if status is not None:
             self.status = status
@@ -34,53 +42,42 @@ class MSPError(Exception):
         super().__init__(message)
 
 
-class InvalidArgumentError(MSPError, ValueError):
+class InvalidArgumentError(MSPError, ValueError, status=ERR_INVALID_ARGUMENT):
     """A NULL pointer, bad size, dtype or pattern, or NaN data (``MSP_ERR_INVALID_ARGUMENT``)."""
 
-    status = ERR_INVALID_ARGUMENT
 
-
-class OutOfMemoryError(MSPError, MemoryError):
+class OutOfMemoryError(MSPError, MemoryError, status=ERR_OUT_OF_MEMORY):
     """The library could not allocate scratch memory (``MSP_ERR_OUT_OF_MEMORY``)."""
 
-    status = ERR_OUT_OF_MEMORY
 
-
-class InfeasibleError(MSPError, ValueError):
+class InfeasibleError(MSPError, ValueError, status=ERR_INFEASIBLE):
     """No plan meets the requested budget and bounds (``MSP_ERR_INFEASIBLE``)."""
 
-    status = ERR_INFEASIBLE
 
-
-class MSPCancelled(MSPError, RuntimeError):
+class MSPCancelled(MSPError, RuntimeError, status=ERR_CANCELLED):
     """A callback asked the library to stop (``MSP_ERR_CANCELLED``)."""
 
-    status = ERR_CANCELLED
 
-
-class InvalidStateError(MSPError, RuntimeError):
+class InvalidStateError(MSPError, RuntimeError, status=ERR_INVALID_STATE):
     """A call came out of order on a handle (``MSP_ERR_INVALID_STATE``)."""
 
-    status = ERR_INVALID_STATE
 
-
-class InternalError(MSPError, RuntimeError):
+class InternalError(MSPError, RuntimeError, status=ERR_INTERNAL):
     """A bug in msp (``MSP_ERR_INTERNAL``, or a status this binding does not know)."""
 
-    status = ERR_INTERNAL
 
+# Every exception class, the base first; ``msp`` re-exports them all.
+_EXCEPTIONS: tuple[type[MSPError], ...] = (
+    MSPError,
+    InvalidArgumentError,
+    OutOfMemoryError,
+    InfeasibleError,
+    MSPCancelled,
+    InvalidStateError,
+    InternalError,
+)
 
-_BY_STATUS: dict[int, type[MSPError]] = {
-    cls.status: cls
-    for cls in (
-        InvalidArgumentError,
-        OutOfMemoryError,
-        InfeasibleError,
-        MSPCancelled,
-        InvalidStateError,
-        InternalError,
-    )
-}
+_BY_STATUS: dict[int, type[MSPError]] = {cls.status: cls for cls in _EXCEPTIONS[1:]}
 
 
 def error_for_status(status: int, message: str) -> MSPError:
@@ -94,13 +91,4 @@ def error_for_status(status: int, message: str) -> MSPError:
     return cls(message, status)
 
 
-__all__ = [
-    "MSPError",
-    "InvalidArgumentError",
-    "OutOfMemoryError",
-    "InfeasibleError",
-    "MSPCancelled",
-    "InvalidStateError",
-    "InternalError",
-    "error_for_status",
-]
+__all__ = [cls.__name__ for cls in _EXCEPTIONS] + ["error_for_status"]

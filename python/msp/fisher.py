@@ -17,16 +17,15 @@ of a PyTorch model with this accumulator.
 from __future__ import annotations
 
 import ctypes
-import numbers
-import operator
-import threading
 from typing import Any, Iterable
 
 import numpy as np
 
 from . import _buffers
-from ._lib import DTYPE_BF16, DTYPE_F16, DTYPE_F32, lib
-from .errors import InvalidArgumentError, InvalidStateError
+from ._convert import integer, real
+from ._handle import NativeHandle
+from ._lib import lib
+from .errors import InvalidArgumentError
 
 __all__ = ["FisherAccumulator", "sum_squares", "add_fisher_diagonal"]
 
@@ -49,53 +48,19 @@ def _as_vector(x: Any, name: str) -> _Vector:
     """
     torch = _buffers._torch_of(x)
     if torch is not None:
-        codes = {torch.float32: DTYPE_F32, torch.float16: DTYPE_F16, torch.bfloat16: DTYPE_BF16}
-        code = codes.get(x.dtype)
-        if code is None:
-            raise TypeError(f"{name} has dtype {x.dtype}; msp takes float32, float16 or bfloat16 tensors")
-        if x.layout != torch.strided:
-            raise TypeError(f"{name} has layout {x.layout}; msp takes dense (strided) tensors")
+        code = _buffers.tensor_code(torch, x, name)
         if x.device.type != "cpu":
             raise ValueError(f"{name} is on device {x.device}; msp reads CPU memory (pass {name}.cpu())")
         x = x.detach()
         if not x.is_contiguous():
             x = x.contiguous()  # read only: the copy is all the library sees
         return _Vector(x, int(x.data_ptr()), code, int(x.numel()))
-    if isinstance(x, np.ma.MaskedArray):
-        raise TypeError(f"{name} is a numpy masked array; pass a plain ndarray (its .data)")
-    if not isinstance(x, np.ndarray):
-        raise TypeError(
-            f"{name} must be a numpy array or a CPU torch tensor of float32, float16 or bfloat16, "
-            f"got {type(x).__name__}"
-        )
-    code = _buffers._numpy_dtype_code(x.dtype)
-    if code is None:
-        raise TypeError(
-            f"{name} has dtype {x.dtype}; msp takes float32 or float16 numpy arrays (bfloat16 via torch "
-            f"or ml_dtypes) and converts nothing"
-        )
+    code = _buffers.ndarray_code(x, name, tensor="a CPU torch tensor")
     if not (x.flags.c_contiguous and x.flags.aligned):
         x = np.ascontiguousarray(x)
         if not x.flags.aligned:
             x = x.copy()
     return _Vector(x, int(x.ctypes.data), code, int(x.size))
-
-
-def _index(value: Any, name: str) -> int:
-    """``value`` as a Python int (bools rejected)."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got a bool")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-
-
-def _real(value: Any, name: str) -> float:
-    """``value`` as a Python float (bools rejected); range checks are the library's."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    return float(value)
 
 
 def sum_squares(x: Any) -> float:
@@ -140,7 +105,7 @@ def add_fisher_diagonal(grad: Any, diag: Any, scale: float = 1.0) -> None:
         msp.InvalidArgumentError: a non-finite gradient or an update that overflows float32 (the
             message gives the index), or a bad scale. ``diag`` is unchanged on any error.
     """
-    scale = _real(scale, "scale")
+    scale = real(scale, "scale")
     vector = _as_vector(grad, "grad")
     torch = _buffers._torch_of(diag)
     if torch is not None:
@@ -175,7 +140,7 @@ def add_fisher_diagonal(grad: Any, diag: Any, scale: float = 1.0) -> None:
         torch.autograd.graph.increment_version(diag)
 
 
-class FisherAccumulator:
+class FisherAccumulator(NativeHandle):
     """Per-layer sums of squared gradients over calibration samples (``msp_fisher`` in ``msp.h``).
 
     Example::
@@ -202,6 +167,9 @@ class FisherAccumulator:
     exactly as before the call.
     """
 
+    _free = staticmethod(lib.msp_fisher_free)
+    _name = "FisherAccumulator"
+
     def __init__(self, sizes: Iterable[int]) -> None:
         """Create an accumulator over ``len(sizes)`` layers.
 
@@ -212,11 +180,10 @@ class FisherAccumulator:
             TypeError: a size that is not an integer.
             msp.InvalidArgumentError: no layers, or a size <= 0.
         """
-        self._handle: int | None = None
-        self._lock = threading.Lock()  # guards close() against a second close() only
+        super().__init__()
         if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Iterable):
             raise TypeError(f"sizes must be an iterable of integers, got {type(sizes).__name__}")
-        values = [_index(s, f"sizes[{i}]") for i, s in enumerate(sizes)]
+        values = [integer(s, f"sizes[{i}]") for i, s in enumerate(sizes)]
         for i, s in enumerate(values):
             if not -(2**63) <= s < 2**63:
                 raise InvalidArgumentError(f"sizes[{i}] ({s}) is outside the int64 range")
@@ -225,43 +192,6 @@ class FisherAccumulator:
         lib.msp_fisher_create(array.ctypes.data, len(values), ctypes.byref(handle))
         self._handle = handle.value
         self._sizes = tuple(values)
-
-    # --- handle ownership -------------------------------------------------------------------------
-
-    def _ptr(self) -> int:
-        handle = self._handle
-        if handle is None:
-            raise InvalidStateError("FisherAccumulator is closed")
-        return handle
-
-    def close(self) -> None:
-        """Release the native accumulator. Idempotent; later calls raise ``msp.InvalidStateError``."""
-        with self._lock:
-            handle, self._handle = self._handle, None
-        if handle is not None:
-            lib.msp_fisher_free(handle)
-
-    @property
-    def closed(self) -> bool:
-        """True after ``close()``."""
-        return self._handle is None
-
-    def __enter__(self) -> "FisherAccumulator":
-        self._ptr()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # Safe during interpreter shutdown and after a failed __init__.
-        handle = getattr(self, "_handle", None)
-        if handle is not None:
-            self._handle = None
-            try:
-                lib.msp_fisher_free(handle)
-            except Exception:  # pragma: no cover - the library may already be unloaded
-                pass
 
     def __repr__(self) -> str:
         if self.closed:
@@ -305,8 +235,8 @@ class FisherAccumulator:
             msp.InvalidStateError: the accumulator is closed.
         """
         handle = self._ptr()
-        layer = _index(layer, "layer")
-        scale = _real(scale, "scale")
+        layer = integer(layer, "layer")
+        scale = real(scale, "scale")
         vector = _as_vector(grad, "grad")
         if not 0 <= layer < self.num_layers:
             raise InvalidArgumentError(f"layer ({layer}) must be in [0, {self.num_layers})")

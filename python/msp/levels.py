@@ -16,10 +16,10 @@ or ``0.7``.
 from __future__ import annotations
 
 import numbers
-import operator
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from ._convert import integer, sparsity as _sparsity
 from ._lib import msp_level
 
 __all__ = ["Level", "nm_levels", "ratio_levels"]
@@ -29,26 +29,6 @@ MAX_M = 32
 
 MAX_LEVELS = 256
 """The most levels a level set may hold."""
-
-
-def _int(value: Any, name: str) -> int:
-    """``value`` as a Python int (bools rejected)."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got a bool")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-
-
-def _sparsity(value: Any, name: str) -> float:
-    """``value`` as a float in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not (0.0 <= value < 1.0):
-        raise ValueError(f"{name} ({value}) must be in [0, 1)")
-    return value
 
 
 @dataclass(frozen=True)
@@ -71,7 +51,7 @@ class Level:
 
     def __post_init__(self) -> None:
         sparsity = _sparsity(self.sparsity, "level sparsity")
-        n, m = _int(self.n, "level n"), _int(self.m, "level m")
+        n, m = integer(self.n, "level n"), integer(self.m, "level m")
         if (n, m) != (0, 0):
             if not (0 < n <= m <= MAX_M):
                 raise ValueError(f"level {n}:{m} must have 0 < n <= m <= {MAX_M} (or n = m = 0: unstructured)")
@@ -85,7 +65,7 @@ class Level:
     @classmethod
     def nm(cls, n: int, m: int) -> "Level":
         """The N:M level keeping ``n`` of every ``m`` weights (``0 < n <= m <= 32``)."""
-        n, m = _int(n, "n"), _int(m, "m")
+        n, m = integer(n, "n"), integer(m, "m")
         if not (0 < n <= m <= MAX_M):
             raise ValueError(f"level {n}:{m} must have 0 < n <= m <= {MAX_M}")
         return cls(1.0 - n / m, n, m)
@@ -168,9 +148,9 @@ def nm_levels(m: int = 8, min_n: int = 1, max_n: int | None = None) -> list[Leve
         TypeError: a non-integer argument.
         ValueError: not ``1 <= min_n <= max_n <= m <= 32``.
     """
-    m = _int(m, "m")
-    min_n = _int(min_n, "min_n")
-    max_n = m if max_n is None else _int(max_n, "max_n")
+    m = integer(m, "m")
+    min_n = integer(min_n, "min_n")
+    max_n = m if max_n is None else integer(max_n, "max_n")
     if not (1 <= m <= MAX_M):
         raise ValueError(f"m ({m}) must be in [1, {MAX_M}]")
     if not (1 <= min_n <= max_n <= m):

@@ -13,34 +13,16 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
-import operator
 import os
 from typing import Any, Iterable, Sequence
 
+from ._convert import integer, optional_real
 from .levels import Level
 
 __all__ = ["Plan"]
 
 FORMAT = "msp.plan"
 FORMAT_VERSION = 1
-
-
-def _index(value: Any, name: str) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got a bool")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-
-
-def _optional_float(value: Any, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number or None, got {type(value).__name__}")
-    return float(value)
 
 
 def _encode_float(value: float | None) -> Any:
@@ -53,7 +35,7 @@ def _encode_float(value: float | None) -> Any:
 def _decode_float(value: Any, name: str) -> float | None:
     if isinstance(value, str) and value in ("inf", "-inf", "nan"):
         return float(value)
-    return _optional_float(value, name)
+    return optional_real(value, name)
 
 
 class Plan:
@@ -115,8 +97,8 @@ class Plan:
                 an index outside the level set.
         """
         level_set = [Level.parse(level) for level in level_set]
-        levels = [_index(k, f"levels[{i}]") for i, k in enumerate(levels)]
-        sizes = [_index(s, f"sizes[{i}]") for i, s in enumerate(sizes)]
+        levels = [integer(k, f"levels[{i}]") for i, k in enumerate(levels)]
+        sizes = [integer(s, f"sizes[{i}]") for i, s in enumerate(sizes)]
         if not levels:
             raise ValueError("a plan needs at least one layer")
         if len(levels) != len(sizes):
@@ -136,13 +118,13 @@ class Plan:
         self.nm = [level_set[k].pattern for k in levels]
         total = sum(sizes)
         self.average_sparsity = math.fsum(s * p for s, p in zip(sizes, self.sparsity)) / total
-        self.fitness = _optional_float(fitness, "fitness")
+        self.fitness = optional_real(fitness, "fitness")
         self.history = [float(h) for h in history]
-        self.evaluations = _index(evaluations, "evaluations")
-        self.target = _optional_float(target, "target")
+        self.evaluations = integer(evaluations, "evaluations")
+        self.target = optional_real(target, "target")
         self.method = None if method is None else str(method)
         self.params = dict(params) if params else {}
-        self.seed = None if seed is None else _index(seed, "seed")
+        self.seed = None if seed is None else integer(seed, "seed")
 
     # --- views ------------------------------------------------------------------------------------
 

@@ -32,11 +32,13 @@ import math
 import numbers
 import operator
 import sys
-import threading
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ._buffers import _torch_of
+from ._convert import INT32_MAX, INT64_MAX, flag, integer, ranged, real
+from ._handle import NativeHandle
 from ._lib import lib, msp_fitness_fn, msp_progress_fn, msp_search_params, msp_search_progress
 from .errors import InvalidStateError, MSPCancelled
 from .levels import Level, as_level_set, level_array
@@ -47,41 +49,7 @@ __all__ = ["plan", "Search", "Problem", "METHODS"]
 METHODS = ("search", "prior", "exact", "uniform")
 """The planning methods of :func:`plan`."""
 
-_INT32_MAX = 2**31 - 1
-_INT64_MAX = 2**63 - 1
-
-
 # --- argument normalisation -----------------------------------------------------------------------
-
-
-def _index(value: Any, name: str) -> int:
-    """``value`` as a Python int (bools rejected)."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got a bool")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-
-
-def _ranged(value: Any, name: str, low: int, high: int) -> int:
-    number = _index(value, name)
-    if not low <= number <= high:
-        raise ValueError(f"{name} ({number}) must be in [{low}, {high}]")
-    return number
-
-
-def _real(value: Any, name: str) -> float:
-    """``value`` as a Python float (bools rejected); range checks are the library's."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    return float(value)
-
-
-def _flag(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def _sequence(values: Any, name: str) -> list:
@@ -93,11 +61,11 @@ def _sequence(values: Any, name: str) -> list:
 
 def _sizes(sizes: Any) -> list[int]:
     """Layer sizes as Python ints (values > 0 and the sum are checked by the library)."""
-    values = [_index(s, f"sizes[{i}]") for i, s in enumerate(_sequence(sizes, "sizes"))]
+    values = [integer(s, f"sizes[{i}]") for i, s in enumerate(_sequence(sizes, "sizes"))]
     if not values:
         raise ValueError("sizes is empty: a plan needs at least one layer")
     for i, s in enumerate(values):
-        if not -(2**63) <= s <= _INT64_MAX:
+        if not -(2**63) <= s <= INT64_MAX:
             raise ValueError(f"sizes[{i}] ({s}) is outside the int64 range")
     return values
 
@@ -115,7 +83,7 @@ def _groups(groups: Any, num_layers: int) -> list[int] | None:
         ids = []
     if len(ids) == num_layers:
         for i, g in enumerate(ids):
-            if not 0 <= g <= _INT64_MAX:
+            if not 0 <= g <= INT64_MAX:
                 raise ValueError(f"groups[{i}] ({g}) must be an integer id >= 0 (or use labels)")
         return ids
     numbers_of: dict = {}
@@ -135,7 +103,7 @@ def _bound(bound: Any, num_layers: int, num_levels: int, name: str) -> list[int]
         items = _sequence(bound, name)
         if len(items) != num_layers:
             raise ValueError(f"{name} has {len(items)} entries for {num_layers} layers")
-        values = [_index(v, f"{name}[{i}]") for i, v in enumerate(items)]
+        values = [integer(v, f"{name}[{i}]") for i, v in enumerate(items)]
     for i, v in enumerate(values):
         if not 0 <= v < num_levels:
             raise ValueError(
@@ -143,13 +111,6 @@ def _bound(bound: Any, num_layers: int, num_levels: int, name: str) -> list[int]
                 f"(0 = least sparse; negative indices are not allowed)"
             )
     return values
-
-
-def _torch_of(x: Any):
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
-        return torch
-    return None
 
 
 def _float_array(values: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -192,7 +153,7 @@ def _call_fitness(fitness: Callable, plan: Plan, fidelity: int, with_fidelity: b
 # --- the problem handle ---------------------------------------------------------------------------
 
 
-class Problem:
+class Problem(NativeHandle):
     """A validated planning problem (``msp_problem`` in ``msp.h``): sizes, level set, groups,
     bounds and budget.
 
@@ -216,7 +177,8 @@ class Problem:
     collection) releases it; any later use raises ``msp.InvalidStateError``.
     """
 
-    _handle: int | None = None
+    _free = staticmethod(lib.msp_problem_free)
+    _name = "the planning problem"
 
     def __init__(
         self,
@@ -229,15 +191,15 @@ class Problem:
         max_level: Any = None,
         tolerance: float = 0.001,
     ) -> None:
-        self._lock = threading.Lock()
+        super().__init__()
         self.sizes = _sizes(sizes)
         self.level_set = as_level_set(levels)
         num_layers, num_levels = len(self.sizes), len(self.level_set)
         self.groups = _groups(groups, num_layers)
         self.min_level = _bound(min_level, num_layers, num_levels, "min_level")
         self.max_level = _bound(max_level, num_layers, num_levels, "max_level")
-        self.target = _real(target, "target")
-        self.tolerance = _real(tolerance, "tolerance")
+        self.target = real(target, "target")
+        self.tolerance = real(tolerance, "tolerance")
 
         sizes_array = np.array(self.sizes, dtype=np.int64)
         handle = ctypes.c_void_p()
@@ -258,42 +220,6 @@ class Problem:
         except BaseException:
             self.close()
             raise
-
-    # --- handle ownership -------------------------------------------------------------------------
-
-    def _ptr(self) -> int:
-        handle = self._handle
-        if handle is None:
-            raise InvalidStateError("the planning problem is closed")
-        return handle
-
-    def close(self) -> None:
-        """Release the native problem. Idempotent; later calls raise ``msp.InvalidStateError``."""
-        with self._lock:
-            handle, self._handle = self._handle, None
-        if handle is not None:
-            lib.msp_problem_free(handle)
-
-    @property
-    def closed(self) -> bool:
-        """True after ``close()``."""
-        return self._handle is None
-
-    def __enter__(self) -> "Problem":
-        self._ptr()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        handle = getattr(self, "_handle", None)
-        if handle is not None:
-            self._handle = None
-            try:
-                lib.msp_problem_free(handle)
-            except Exception:  # interpreter shutdown: the library may already be gone
-                pass
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"target={self.target}"
@@ -317,7 +243,7 @@ class Problem:
         items = _sequence(levels, "levels")
         if len(items) != self.num_layers:
             raise ValueError(f"the plan has {len(items)} levels for {self.num_layers} layers")
-        values = [_index(k, f"levels[{i}]") for i, k in enumerate(items)]
+        values = [integer(k, f"levels[{i}]") for i, k in enumerate(items)]
         for i, k in enumerate(values):
             if not 0 <= k < len(self.level_set):
                 raise ValueError(f"levels[{i}] ({k}) is outside the level set [0, {len(self.level_set) - 1}]")
@@ -345,8 +271,8 @@ class Problem:
         """
         values = self._sensitivity(sensitivity)
         params = lib.msp_prior_params_default()
-        params.strength = _real(strength, "strength")
-        params.per_parameter = int(_flag(per_parameter, "per_parameter"))
+        params.strength = real(strength, "strength")
+        params.per_parameter = int(flag(per_parameter, "per_parameter"))
         out = np.empty(self.num_layers, dtype=np.int32)
         lib.msp_prior_plan(self._ptr(), values.ctypes.data, ctypes.byref(params), out.ctypes.data)
         return out.tolist()
@@ -427,56 +353,48 @@ class _ProgressBar:
 # --- the search handle ----------------------------------------------------------------------------
 
 
-def _search_params(
-    *,
-    seed: Any,
-    generations: Any,
-    offspring: Any,
-    survivors: Any,
-    mutation_rate: Any,
-    crossover_rate: Any,
-    prior_strength: Any,
-    per_parameter: Any,
-    prior_grid: Any,
-    max_evaluations: Any,
-    patience: Any,
-    fidelity_levels: Any,
-    fidelity_keep: Any,
-) -> tuple[msp_search_params, dict]:
-    """The C settings struct and the same settings as a JSON-ready dict (ranges: the library's)."""
-    settings = {
-        "generations": _ranged(generations, "generations", -_INT32_MAX - 1, _INT32_MAX),
-        "offspring": _ranged(offspring, "offspring", -_INT32_MAX - 1, _INT32_MAX),
-        "survivors": _ranged(survivors, "survivors", -_INT32_MAX - 1, _INT32_MAX),
-        "mutation_rate": _real(mutation_rate, "mutation_rate"),
-        "crossover_rate": _real(crossover_rate, "crossover_rate"),
-        "prior_strength": _real(prior_strength, "prior_strength"),
-        "per_parameter": _flag(per_parameter, "per_parameter"),
-        "prior_grid": _flag(prior_grid, "prior_grid"),
-        "max_evaluations": _ranged(max_evaluations, "max_evaluations", -(2**63), _INT64_MAX),
-        "patience": _ranged(patience, "patience", -_INT32_MAX - 1, _INT32_MAX),
-        "fidelity_levels": _ranged(fidelity_levels, "fidelity_levels", -_INT32_MAX - 1, _INT32_MAX),
-        "fidelity_keep": _real(fidelity_keep, "fidelity_keep"),
-    }
-    seed = _ranged(seed, "seed", 0, 2**64 - 1)
+def _int32(value: Any, name: str) -> int:
+    """``value`` as an int in the int32 range."""
+    return ranged(value, name, -INT32_MAX - 1, INT32_MAX)
+
+
+def _int64(value: Any, name: str) -> int:
+    """``value`` as an int in the int64 range."""
+    return ranged(value, name, -(2**63), INT64_MAX)
+
+
+_SEARCH_SETTINGS: dict[str, tuple[Callable[[Any, str], Any], str]] = {
+    # name: (converter, its field in msp_search_params); the ranges are the library's
+    "generations": (_int32, "generations"),
+    "offspring": (_int32, "offspring"),
+    "survivors": (_int32, "survivors"),
+    "mutation_rate": (real, "mutation_rate"),
+    "crossover_rate": (real, "crossover_rate"),
+    "prior_strength": (real, "prior_strength"),
+    "per_parameter": (flag, "prior_per_parameter"),
+    "prior_grid": (flag, "prior_grid"),
+    "max_evaluations": (_int64, "max_evaluations"),
+    "patience": (_int32, "patience"),
+    "fidelity_levels": (_int32, "fidelity_levels"),
+    "fidelity_keep": (real, "fidelity_keep"),
+}
+"""The search settings of :class:`Search` and :func:`plan` other than the seed."""
+
+
+def _search_params(seed: Any, given: dict[str, Any]) -> tuple[msp_search_params, dict]:
+    """The C settings struct and the settings named in ``_SEARCH_SETTINGS`` as a JSON-ready dict.
+
+    ``given`` maps at least those names to their values (a caller's ``locals()``).
+    """
+    settings = {name: convert(given[name], name) for name, (convert, _) in _SEARCH_SETTINGS.items()}
     params = lib.msp_search_params_default()
-    params.generations = settings["generations"]
-    params.offspring = settings["offspring"]
-    params.survivors = settings["survivors"]
-    params.mutation_rate = settings["mutation_rate"]
-    params.crossover_rate = settings["crossover_rate"]
-    params.seed = seed
-    params.prior_strength = settings["prior_strength"]
-    params.prior_per_parameter = int(settings["per_parameter"])
-    params.prior_grid = int(settings["prior_grid"])
-    params.max_evaluations = settings["max_evaluations"]
-    params.patience = settings["patience"]
-    params.fidelity_levels = settings["fidelity_levels"]
-    params.fidelity_keep = settings["fidelity_keep"]
+    params.seed = ranged(seed, "seed", 0, 2**64 - 1)
+    for name, (_, field) in _SEARCH_SETTINGS.items():
+        setattr(params, field, settings[name])
     return params, settings
 
 
-class Search:
+class Search(NativeHandle):
     """The evolutionary search as an ask/tell object (``msp_search`` in ``msp.h``).
 
     Generation 0 evaluates a small grid of sensitivity priors; each later generation breeds
@@ -513,7 +431,8 @@ class Search:
     ``msp.InvalidStateError``.
     """
 
-    _handle: int | None = None
+    _free = staticmethod(lib.msp_search_free)
+    _name = "the search"
 
     def __init__(
         self,
@@ -540,7 +459,7 @@ class Search:
         fidelity_levels: int = 1,
         fidelity_keep: float = 0.25,
     ) -> None:
-        self._lock = threading.RLock()
+        super().__init__()
         self._running = False
         self._error: BaseException | None = None
         self._nan = False
@@ -550,21 +469,7 @@ class Search:
         self._history: list[float] = []
         self._generation = -1
         self.fidelity = 0
-        params, settings = _search_params(
-            seed=seed,
-            generations=generations,
-            offspring=offspring,
-            survivors=survivors,
-            mutation_rate=mutation_rate,
-            crossover_rate=crossover_rate,
-            prior_strength=prior_strength,
-            per_parameter=per_parameter,
-            prior_grid=prior_grid,
-            max_evaluations=max_evaluations,
-            patience=patience,
-            fidelity_levels=fidelity_levels,
-            fidelity_keep=fidelity_keep,
-        )
+        params, settings = _search_params(seed, locals())
         with Problem(
             sizes, target, levels, groups=groups, min_level=min_level, max_level=max_level, tolerance=tolerance
         ) as problem:
@@ -586,9 +491,7 @@ class Search:
 
     def _ptr(self) -> int:
         """The live handle; raises when closed or when called from inside :meth:`run`."""
-        handle = self._handle
-        if handle is None:
-            raise InvalidStateError("the search is closed")
+        handle = super()._ptr()
         if self._running:
             raise InvalidStateError("the search is running (this call came from inside its fitness function)")
         return handle
@@ -602,31 +505,7 @@ class Search:
         with self._lock:
             if self._running:
                 raise InvalidStateError("cannot close the search from inside its own run()")
-            handle, self._handle = self._handle, None
-        if handle is not None:
-            lib.msp_search_free(handle)
-
-    @property
-    def closed(self) -> bool:
-        """True after ``close()``."""
-        return self._handle is None
-
-    def __enter__(self) -> "Search":
-        with self._lock:
-            self._ptr()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        handle = getattr(self, "_handle", None)
-        if handle is not None:
-            self._handle = None
-            try:
-                lib.msp_search_free(handle)
-            except Exception:  # interpreter shutdown: the library may already be gone
-                pass
+            super().close()
 
     def __repr__(self) -> str:
         if self.closed:
@@ -924,6 +803,7 @@ def plan(
             its message giving the reachable range.
         Whatever ``fitness`` raised, unchanged; ``msp.MSPCancelled`` when it returned NaN.
     """
+    given = locals()  # the arguments; the search settings are forwarded to Search
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(repr(m) for m in METHODS)}; got {method!r}")
     if fitness is not None and not callable(fitness):
@@ -931,31 +811,12 @@ def plan(
     if method == "search":
         if fitness is None and cost_table is None:
             raise ValueError("method='search' needs a fitness function (or a cost_table for an additive fitness)")
+        settings = {name: given[name] for name in _SEARCH_SETTINGS}
         with Search(
-            sizes,
-            target,
-            levels,
-            sensitivity,
-            groups,
-            min_level,
-            max_level,
-            tolerance,
-            seed,
-            generations=generations,
-            offspring=offspring,
-            survivors=survivors,
-            mutation_rate=mutation_rate,
-            crossover_rate=crossover_rate,
-            prior_strength=prior_strength,
-            per_parameter=per_parameter,
-            prior_grid=prior_grid,
-            max_evaluations=max_evaluations,
-            patience=patience,
-            fidelity_levels=fidelity_levels,
-            fidelity_keep=fidelity_keep,
+            sizes, target, levels, sensitivity, groups, min_level, max_level, tolerance, seed, **settings
         ) as search:
             if fitness is not None:
-                return search.run(fitness, progress=_flag(progress, "progress"))
+                return search.run(fitness, progress=flag(progress, "progress"))
             costs = _float_array(cost_table, (len(search._sizes), len(search._level_set)), "cost_table")
             if not np.isfinite(costs).all():
                 raise ValueError("cost_table holds a non-finite value")
@@ -964,7 +825,7 @@ def plan(
             def additive(levels: np.ndarray, fidelity: int) -> float:
                 return float(costs[rows, levels].sum())
 
-            return search._run(additive, _flag(progress, "progress"))
+            return search._run(additive, flag(progress, "progress"))
 
     if method == "exact" and cost_table is None:
         raise ValueError("method='exact' needs a cost_table ([num_layers, num_levels] additive costs)")
@@ -988,7 +849,7 @@ def plan(
         sizes, level_set, target = problem.sizes, problem.level_set, problem.target
     result = Plan(chosen, level_set, sizes, fitness=total, target=target, method=method, params=settings)
     if fitness is not None:
-        full = _ranged(fidelity_levels, "fidelity_levels", 1, _INT32_MAX) - 1
+        full = ranged(fidelity_levels, "fidelity_levels", 1, INT32_MAX) - 1
         result.fitness = _call_fitness(fitness, result, full, _takes_fidelity(fitness))
         result.evaluations = 1
     return result
