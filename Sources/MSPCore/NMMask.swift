@@ -63,7 +63,7 @@ public enum NMMask {
             n: pattern.n, score: Scorer<E>(rule))
         _ = try Threads.map(matrix.rows, minimumPerThread: max(1, 65536 / matrix.cols)) { rows in
             try withScratch(Float.self, pattern.m * blockGroups) { scores in
-                try withScratch(UInt8.self, 2 * pattern.m * blockGroups) { ranks in
+                try withScratch(UInt8.self, pattern.m * blockGroups) { ranks in
                     // Literal group sizes let the inlined loops unroll and vectorise.
                     switch pattern.m {
                     case 2: kernel.rows(rows, GroupSize<2>.self, scores: scores, ranks: ranks)
@@ -110,7 +110,6 @@ public enum NMMask {
             row r: Int, firstGroup g0: Int, m: Int, scores s: UnsafeMutablePointer<Float>,
             ranks rank: UnsafeMutablePointer<UInt8>
         ) {
-            // `rank` holds 2 * m * blockGroups bytes: ranks, then keep flags.
             // Index arithmetic wraps (&+, &*): every index is below rows * cols, checked at the C
             // boundary, and unchecked arithmetic lets the loops vectorise.
             let block = blockGroups
@@ -135,18 +134,25 @@ public enum NMMask {
                     for g in 0..<len { rp[g] &+= sq[g] > sp[g] ? 1 : 0 }
                 }
             }
-            // Keep flags (0 or 1) in natural order, then contiguous, branch-free writes.
-            let flags = rank + m &* block
+            // Branch-free writes: the kept bit (0 or 1) becomes a mask of all ones or zeros.
             let n8 = UInt8(n)
-            for g in 0..<len {
-                for p in 0..<m { flags[g &* m &+ p] = rank[p &* block &+ g] < n8 ? 1 : 0 }
-            }
-            let count = len &* m
             if let target {
+                // `out` only (it is `row` when pruning in place): a second pointer to the same
+                // memory would fail the vectoriser's overlap check.
                 let out = target + start
-                for i in 0..<count { out[i] = row[i] & (0 &- E.Bits(truncatingIfNeeded: flags[i])) }
+                for g in 0..<len {
+                    for p in 0..<m {
+                        let kept: E.Bits = rank[p &* block &+ g] < n8 ? 1 : 0
+                        out[g &* m &+ p] &= 0 &- kept
+                    }
+                }
             }
-            if let mask { (mask + start).update(from: flags, count: count) }
+            if let mask {
+                let out = mask + start
+                for g in 0..<len {
+                    for p in 0..<m { out[g &* m &+ p] = rank[p &* block &+ g] < n8 ? 1 : 0 }
+                }
+            }
         }
     }
 }
