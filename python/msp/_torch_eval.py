@@ -27,23 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._torch_prune import call_model, eval_mode
+from ._torch_util import call_model, eval_mode, logits_of
 
 __all__ = ["perplexity", "kl_to_dense", "reference_logits", "TopK"]
 
 CHUNK_TOKENS = 256
 """Token positions per vocabulary chunk (at V = 49 152: about 50 MB of float32 per temporary)."""
-
-
-def _logits(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise TypeError(f"the model returned {type(output).__name__} without a .logits tensor")
 
 
 def _ids_and_mask(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -59,7 +48,7 @@ def _ids_and_mask(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.
 
 def _forward(model: nn.Module, batch: Any) -> torch.Tensor:
     ids, _, _ = _ids_and_mask(batch)
-    logits = _logits(call_model(model, batch))
+    logits = logits_of(call_model(model, batch))
     if logits.dim() != 3 or logits.shape[:2] != ids.shape:
         raise ValueError(f"expected logits [B, T, V] for ids {tuple(ids.shape)}, got {tuple(logits.shape)}")
     return logits

@@ -20,7 +20,6 @@ non-finite weight raise ``ValueError`` (or ``TypeError``) and leave every weight
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 import sys
 import time
@@ -35,6 +34,7 @@ from torch import nn
 from .levels import Level, nm_levels, ratio_levels
 from .masking import prune_nm_, prune_topk_
 from .plan import Plan
+from ._torch_util import call_model, eval_mode
 
 __all__ = ["Pruner", "activation_norms", "apply_plan", "block_groups", "prune"]
 
@@ -43,54 +43,6 @@ METHODS = ("magnitude", "wanda")
 
 _SCOPES = ("row", "layer")
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-# --- calling a model on a batch -------------------------------------------------------------------
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, Mapping):
-        return {k: _to(v, device) for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to(v, device) for v in batch)
-    return batch
-
-
-def call_model(model: nn.Module, batch: Any) -> Any:
-    """Run ``model`` on one batch: ``model(ids)`` for a tensor, ``model(**inputs)`` for a dict
-    (a ``"labels"`` entry is not passed, so no loss is computed), ``model(*batch)`` for a tuple or
-    list. Tensors are moved to the model's device first."""
-    batch = _to(batch, _device_of(model))
-    if isinstance(batch, torch.Tensor):
-        return model(batch)
-    if isinstance(batch, Mapping):
-        return model(**{k: v for k, v in batch.items() if k != "labels"})
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    raise TypeError(
-        f"a batch is a LongTensor of token ids, a dict of model inputs or a tuple of positional inputs; "
-        f"got {type(batch).__name__}"
-    )
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    """Switch every module to eval mode; restore each module's own mode on exit."""
-    saved = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, mode in saved:
-            m.training = mode
 
 
 class Stage:
@@ -422,16 +374,21 @@ class Pruner:
     """Applies any plan to a set of layers quickly and repeatedly, and restores them exactly.
 
     At construction it checks every layer, keeps a CPU copy of each dense weight and, for Wanda,
-    each layer's column scale (the activation norms as float32). ``apply(plan)`` then prunes every
-    layer in place with the native kernels: N:M levels by ``msp.prune_nm_`` (a dense level n == m
-    leaves the layer dense), unstructured levels by ``msp.prune_topk_`` at the planned sparsity
-    (``floor(sparsity * in_features)`` pruned per row with ``scope="row"``). Each layer is first
-    restored from its dense copy, so the result depends only on the plan, never on the plans
-    applied before.
+    each layer's column scale (the activation norms as float32). ``apply(plan)`` then sets every
+    layer to its planned level in place: N:M levels are pruned by ``msp.prune_nm_`` (a dense level
+    n == m leaves the layer dense), unstructured levels by ``msp.prune_topk_`` at the planned
+    sparsity (``floor(sparsity * in_features)`` pruned in every row with ``scope="row"``), each
+    from the dense weights. The result depends only on the plan, never on the plans applied before.
 
-    ``apply`` is incremental: a layer whose level is unchanged since the last ``apply`` and whose
-    weight has not been written since (its autograd version counter is unchanged) is skipped, which
-    makes the candidates of an evolutionary search (that differ in a few layers) cheap to apply.
+    Two things make repeated applies cheap (an evolutionary search applies hundreds of plans that
+    differ in a few layers):
+
+    - a layer whose level is unchanged since the last ``apply`` and whose weight has not been
+      written since (its autograd version counter is unchanged) is skipped;
+    - the pruned weights of each (layer, level) pair are kept in a cache of at most ``cache_bytes``
+      (least recently used pairs are dropped first), so a layer returning to a level it held
+      before is one memory copy instead of a new ranking.
+
     Writes that bypass the version counter (``weight.data.copy_(...)``) are not seen: call
     ``restore()`` or ``apply(plan, incremental=False)`` after those.
 
@@ -453,6 +410,8 @@ class Pruner:
             per layer in order; only with ``method="wanda"``.
         scope: comparison group of unstructured levels: ``"row"`` (Wanda's, the default: every
             row pruned to the sparsity) or ``"layer"`` (the whole matrix).
+        cache_bytes: memory for cached pruned weights (default 2 GiB; 0 = no cache). The dense
+            copies (the size of the layers' weights) come on top.
 
     Raises:
         TypeError, ValueError: a bad argument or weight (see the module docstring); nothing is
@@ -460,7 +419,9 @@ class Pruner:
     """
 
     def __init__(self, layers: Mapping[str, nn.Module], method: str = "magnitude", norms: Any = None,
-                 *, scope: str = "row") -> None:
+                 *, scope: str = "row", cache_bytes: int = 2 << 30) -> None:
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be an integer >= 0, got {cache_bytes!r}")
         records = _prepare(layers, method, norms, scope)
         for layer in records:
             _check_finite(layer)
@@ -469,6 +430,9 @@ class Pruner:
                 layer.dense = layer.weight.detach().clone(memory_format=torch.contiguous_format)
                 layer.version = layer.weight._version
         self._layers = records
+        self._cache: OrderedDict[tuple[int, Level], torch.Tensor] = OrderedDict()
+        self._cache_limit = cache_bytes
+        self._cached = 0
         self.method = method
         self.scope = scope
 
@@ -492,6 +456,11 @@ class Pruner:
         """The level each layer holds now (None = dense, as at construction or after ``restore``)."""
         return [layer.level for layer in self._layers]
 
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes held by cached pruned weights now."""
+        return self._cached
+
     def _validate(self) -> None:
         for layer in self._layers:
             if layer.dense is None:
@@ -504,15 +473,38 @@ class Pruner:
         """True when the layer's weight is exactly as this Pruner last left it."""
         return layer.weight._version == layer.version
 
+    def _set(self, index: int, layer: _Layer, level: Level) -> None:
+        """Write ``level`` of the layer into its weight (the caller holds ``torch.no_grad()``)."""
+        w = layer.weight.detach()  # shares the version counter: every write below is recorded
+        if _is_dense(level):
+            w.copy_(layer.dense)
+            return
+        key = (index, level)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            w.copy_(cached)
+            return
+        w.copy_(layer.dense)
+        _prune(layer, level, self.scope, False)
+        size = w.numel() * w.element_size()
+        if size > self._cache_limit:
+            return
+        while self._cached + size > self._cache_limit:
+            _, dropped = self._cache.popitem(last=False)
+            self._cached -= dropped.numel() * dropped.element_size()
+        self._cache[key] = w.clone()
+        self._cached += size
+
     def apply(self, plan: Any, *, incremental: bool = True) -> None:
-        """Prune every layer in place to its planned level.
+        """Set every layer in place to its planned level.
 
         Args:
             plan: a ``msp.Plan`` over these layers (in order), a ``{name: level}`` dict naming
                 exactly these layers (levels as ``msp.Level``, ``"2:8"``, ``(2, 8)``, ``"70%"`` or a
                 sparsity; e.g. ``plan.to_dict(names)``), or a list of levels, one per layer.
             incremental: skip layers already holding their planned level (see the class notes);
-                False restores and prunes every layer.
+                False rewrites every layer.
 
         Raises:
             TypeError, ValueError: the plan does not fit the layers (count, names, sizes, or an
@@ -525,18 +517,16 @@ class Pruner:
         self._validate()
         try:
             with torch.no_grad():
-                for layer, level in zip(self._layers, levels):
+                for index, (layer, level) in enumerate(zip(self._layers, levels)):
                     dense = _is_dense(level)
-                    if incremental and self._current(layer) and (
-                        layer.level == level or (layer.level is None and dense)
-                    ):
+                    held = None if dense else level
+                    if incremental and layer.level == held and self._current(layer):
                         continue
-                    w = layer.weight.detach()
-                    if layer.level is not None or not self._current(layer):
-                        w.copy_(layer.dense)
-                    if not dense:
-                        _prune(layer, level, self.scope, False)
-                    layer.level = None if dense else level
+                    if dense and layer.level is None and self._current(layer):
+                        pass  # already dense
+                    else:
+                        self._set(index, layer, level)
+                    layer.level = held
                     layer.version = layer.weight._version
         except BaseException:
             self.restore()
@@ -562,14 +552,22 @@ class Pruner:
         finally:
             self.restore()
 
+    def clear_cache(self) -> None:
+        """Drop the cached pruned weights (the dense copies stay)."""
+        self._cache.clear()
+        self._cached = 0
+
     def close(self) -> None:
-        """Release the dense copies (the weights stay as they are); the Pruner cannot be used after."""
+        """Release the dense copies and the cache (the weights stay as they are); the Pruner
+        cannot be used after."""
+        self.clear_cache()
         for layer in self._layers:
             layer.dense = None
 
     def __repr__(self) -> str:
         pruned = sum(layer.level is not None for layer in self._layers)
-        return f"<msp Pruner {self.method}, {len(self._layers)} layers, {pruned} pruned now>"
+        return (f"<msp Pruner {self.method}, {len(self._layers)} layers, {pruned} pruned now, "
+                f"{self._cached / 2**20:.0f} MiB cached>")
 
 
 def apply_plan(
@@ -627,6 +625,30 @@ def _levels_for(structure: str, target: float) -> list[Level]:
     if match is None:
         raise ValueError(f'structure must be "N:M" (e.g. "N:8": every layer some n:8) or "unstructured", got {structure!r}')
     return nm_levels(int(match.group(1)))
+
+
+def _measure(fitness: Any, model: nn.Module, batches: list, stage: Stage) -> Callable[[], float]:
+    """The fitness of the model as it is now: the user's ``fitness(model)``, or KL to the dense
+    model (its reference computed here, while the model is dense), or perplexity on ``batches``."""
+    if callable(fitness):
+        return lambda: fitness(model)
+    from ._torch_eval import kl_to_dense, perplexity, reference_logits
+
+    if fitness == "perplexity":
+        return lambda: perplexity(model, batches)
+    with stage(f"dense reference logits on {len(batches)} batches"):
+        reference = reference_logits(model, batches)
+    return lambda: kl_to_dense(model, batches, reference)
+
+
+def _applying(worker: Pruner, measure: Callable[[], float]) -> Callable[[Plan], float]:
+    """The fitness of a candidate plan: apply it, then measure the model."""
+
+    def score(candidate: Plan) -> float:
+        worker.apply(candidate)
+        return measure()
+
+    return score
 
 
 def prune(
@@ -742,31 +764,10 @@ def prune(
             norms = activation_norms(model, layers, calibration, progress=progress)
     worker = Pruner(layers, pruner, norms if pruner == "wanda" else None)
     try:
-        score: Callable[[Plan], float] | None = None
+        score = None
         if method == "search" or callable(fitness):
             batches = list(eval_batches) if eval_batches is not None else calibration[:2]
-            if callable(fitness):
-                user = fitness
-
-                def score(candidate: Plan) -> float:
-                    worker.apply(candidate)
-                    return user(model)
-            else:
-                from ._torch_eval import kl_to_dense, perplexity, reference_logits
-
-                if fitness == "kl":
-                    with stage(f"dense reference logits on {len(batches)} batches"):
-                        reference = reference_logits(model, batches)
-
-                    def score(candidate: Plan) -> float:
-                        worker.apply(candidate)
-                        return kl_to_dense(model, batches, reference)
-                else:
-
-                    def score(candidate: Plan) -> float:
-                        worker.apply(candidate)
-                        return perplexity(model, batches)
-
+            score = _applying(worker, _measure(fitness, model, batches, stage))
         label = {"search": "evolutionary search", "prior": "Fisher prior plan", "uniform": "uniform plan"}[method]
         with stage(f"{label} at {target:.1%} average sparsity over {len(level_set)} levels"):
             result = make_plan(

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._torch_util import device_of, logits_of, to_device
 from .fisher import FisherAccumulator
 
 __all__ = ["linear_layers", "fisher_traces", "causal_lm_loss"]
@@ -98,17 +99,7 @@ def linear_layers(model: nn.Module, ignore: Iterable[str] | str = ("lm_head",)) 
 # --- loss ------------------------------------------------------------------------------------------
 
 
-def _logits(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise TypeError(
-        f"the model returned {type(output).__name__} without a .logits tensor; pass loss_fn(model, batch)"
-    )
+_LOSS_HINT = "; pass loss_fn(model, batch)"
 
 
 def causal_lm_loss(model: nn.Module, batch: Any) -> torch.Tensor:
@@ -129,7 +120,7 @@ def causal_lm_loss(model: nn.Module, batch: Any) -> torch.Tensor:
         if "input_ids" not in batch:
             raise KeyError("the default loss needs batch['input_ids']; pass loss_fn(model, batch) otherwise")
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = _logits(model(**inputs))
+        logits = logits_of(model(**inputs), _LOSS_HINT)
         labels = batch.get("labels")
         if labels is None:
             labels = batch["input_ids"]
@@ -137,7 +128,7 @@ def causal_lm_loss(model: nn.Module, batch: Any) -> torch.Tensor:
             if mask is not None:
                 labels = labels.masked_fill(mask == 0, -100)
     elif isinstance(batch, torch.Tensor):
-        logits = _logits(model(batch))
+        logits = logits_of(model(batch), _LOSS_HINT)
         labels = batch
     else:
         raise TypeError(
@@ -155,20 +146,6 @@ def causal_lm_loss(model: nn.Module, batch: Any) -> torch.Tensor:
 
 
 # --- Fisher traces ---------------------------------------------------------------------------------
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, Mapping):
-        return {k: _to(v, device) for k, v in batch.items()}
-    return batch
 
 
 def _split(batch: Any) -> list[Any]:
@@ -324,7 +301,7 @@ def fisher_traces(
         owner[id(weight)] = name
         params.append(weight)
     loss_fn = causal_lm_loss if loss_fn is None else loss_fn
-    device = _device_of(model)
+    device = device_of(model)
     total = len(batches) if hasattr(batches, "__len__") else None
 
     with FisherAccumulator([p.numel() for p in params]) as accumulator:
@@ -353,7 +330,7 @@ def fisher_traces(
                 for batch in batches:
                     samples = _split(batch) if per_sample else [batch]
                     for sample in samples:
-                        loss = loss_fn(model, _to(sample, device))
+                        loss = loss_fn(model, to_device(sample, device))
                         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                             raise ValueError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}")
                         if not torch.isfinite(loss.detach()).all():

@@ -16,13 +16,21 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-import msp  # noqa: E402
 from msp.levels import Level, nm_levels, ratio_levels  # noqa: E402
 from msp.plan import Plan  # noqa: E402
 from msp.planner import plan as make_plan  # noqa: E402
-from msp.torch import linear_layers  # noqa: E402
-from msp._torch_eval import TopK, kl_to_dense, perplexity, reference_logits  # noqa: E402
-from msp._torch_prune import Pruner, activation_norms, apply_plan, block_groups, prune  # noqa: E402
+from msp.torch import (  # noqa: E402  (the public names, re-exported by msp.torch)
+    Pruner,
+    TopK,
+    activation_norms,
+    apply_plan,
+    block_groups,
+    kl_to_dense,
+    linear_layers,
+    perplexity,
+    prune,
+    reference_logits,
+)
 
 VOCAB, DIM, T = 41, 16, 10
 
@@ -162,11 +170,13 @@ def test_apply_gives_planned_levels_exactly(method):
         assert abs(float((w == 0).float().mean()) - planned) < 1e-12
 
 
-def test_apply_depends_only_on_the_plan():
-    """Incremental apply (layers left in place when their level is unchanged) equals a fresh apply."""
+@pytest.mark.parametrize("cache_bytes", [0, 5000, 2 << 30])
+def test_apply_depends_only_on_the_plan(cache_bytes):
+    """Incremental apply (layers left in place when their level is unchanged) and cached pruned
+    layers (none, a few with eviction, all) give what a fresh apply gives."""
     model, fresh = TinyLM(seed=2), TinyLM(seed=2)
     layers = linear_layers(model)
-    pruner = Pruner(layers, "wanda", random_norms(layers))
+    pruner = Pruner(layers, "wanda", random_norms(layers), cache_bytes=cache_bytes)
     plans = [MIXED, ["2:8"] * 6, ["2:8"] * 3 + ["3:8"] * 3, MIXED[::-1], ["8:8"] * 6, MIXED]
     for plan in plans:
         pruner.apply(plan)
@@ -181,7 +191,9 @@ def test_apply_depends_only_on_the_plan():
     reference = TinyLM(seed=2)
     Pruner(linear_layers(reference), "wanda", random_norms(linear_layers(reference))).apply(plans[-1])
     assert_same(model, snapshot(reference))
-    del fresh
+    assert pruner.cached_bytes <= cache_bytes
+    pruner.restore()
+    assert_same(model, snapshot(fresh))
 
 
 def test_apply_accepts_plans_dicts_and_lists():
@@ -415,6 +427,8 @@ def test_kl_to_dense_full_and_top_k():
     assert kl_to_dense(model, data, everything) == pytest.approx(expected, rel=1e-4)
     coarse = kl_to_dense(model, data, top)
     assert 0 < coarse <= expected * (1 + 1e-5)  # coarsening never increases a KL divergence
+    pairs = [(log_probs, indices) for log_probs, indices, _ in top]  # without the stored rest mass
+    assert kl_to_dense(model, data, pairs) == pytest.approx(coarse, rel=1e-4)
     with pytest.raises(ValueError, match="references"):
         kl_to_dense(model, data, full[:2])
 
@@ -459,11 +473,11 @@ def test_exception_in_fitness_propagates_and_leaves_the_model_dense():
     assert_same(model, saved)
 
 
-@pytest.mark.parametrize("structure,pruner", [("N:8", "wanda"), ("unstructured", "magnitude")])
-def test_prune_end_to_end(structure, pruner):
+@pytest.mark.parametrize("structure,pruner,fitness", [("N:8", "wanda", "kl"), ("unstructured", "magnitude", "perplexity")])
+def test_prune_end_to_end(structure, pruner, fitness):
     model = TinyLM(seed=8)
     data = batches(3)
-    plan = prune(model, data, target=0.6, structure=structure, pruner=pruner,
+    plan = prune(model, data, target=0.6, structure=structure, pruner=pruner, fitness=fitness,
                  search=dict(generations=2, offspring=4), progress=False)
     assert isinstance(plan, Plan) and plan.method == "search"
     assert abs(plan.average_sparsity - 0.6) <= 0.001 + 1e-12
