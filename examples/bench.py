@@ -171,6 +171,32 @@ def print_row(row):
           + "  ".join(cells), flush=True)
 
 
+def planner_speed(repeats: int) -> dict:
+    """The exact solver and the search's own overhead at 224 layers x 16 levels (N:16), target 0.75."""
+    rng = np.random.default_rng(0)
+    sizes = [int(s) for s in rng.choice([1, 3, 4], 224) * 4096 * 16]
+    levels = msp.nm_levels(16)
+    sparsity = np.array([level.sparsity for level in levels])
+    sensitivity = np.exp(rng.uniform(0, 4, 224))
+    costs = sensitivity[:, None] * np.array(sizes)[:, None] * sparsity[None, :] ** 2
+    t_exact = median_time(lambda: msp.plan(sizes, 0.75, levels, method="exact", cost_table=costs, progress=False),
+                          lambda: None, repeats)
+    started = time.perf_counter()
+    search = msp.Search(sizes, 0.75, levels, sensitivity=sensitivity, offspring=16, generations=50)
+    created = time.perf_counter() - started
+    generations, started = 0, time.perf_counter()
+    while not search.done:
+        candidates = search.ask()
+        if not candidates:
+            break
+        search.tell([float(costs[np.arange(224), c.levels].sum()) for c in candidates])
+        generations += 1
+    elapsed = time.perf_counter() - started
+    search.close()
+    return {"exact_ms": t_exact * 1e3, "create_ms": created * 1e3, "generations": generations,
+            "ms_per_generation": elapsed / generations * 1e3, "generations_per_s": generations / elapsed}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", nargs="?", const="-", metavar="PATH", help="also write JSON (default: stdout)")
@@ -231,6 +257,11 @@ def main() -> None:
                "msp_GBps": g.numel() * 2 / t_msp / 1e9}
     print(f"sum_squares 11008x4096 bf16: msp {squares['msp_ms']:.1f} ms ({squares['msp_GBps']:.1f} GB/s read), "
           f"torch (g.float()**2).sum() {squares['torch_ms']:.1f} ms: {squares['ratio']:.1f}x")
+    planner = planner_speed(args.repeats)
+    print(f"planner, 224 layers x 16 levels, tolerance 0.001: exact solver {planner['exact_ms']:.1f} ms "
+          f"({1e3 / planner['exact_ms']:.1f} plans/s); search with an additive fitness "
+          f"{planner['generations_per_s']:.0f} generations/s ({planner['ms_per_generation']:.2f} ms per "
+          f"generation of 16, ask + fitness + tell, after {planner['create_ms']:.0f} ms for the prior grid)")
     print()
     print("ratio = baseline time / msp time (higher: msp faster). numpy (f32 only): stable argsort per group for")
     print("N:M, argpartition per row (not tie-stable) for unstructured. msp GB/s counts 2 x weight bytes.")
@@ -241,7 +272,8 @@ def main() -> None:
     print(f"total bench time {time.perf_counter() - started:.0f} s")
 
     if args.json:
-        report = {"machine": machine, "copy_bandwidth": bandwidth, "results": results, "sum_squares": squares}
+        report = {"machine": machine, "copy_bandwidth": bandwidth, "results": results, "sum_squares": squares,
+                  "planner": planner}
         text = json.dumps(report, indent=2)
         if args.json == "-":
             print(text)
