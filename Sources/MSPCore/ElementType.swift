@@ -20,19 +20,24 @@ protocol Element {
     associatedtype Bits: FixedWidthInteger & UnsignedInteger
     /// The exact `Float` value of a bit pattern.
     static func widen(_ bits: Bits) -> Float
+    /// Whether a bit pattern is a NaN (integer compares, which vectorise).
+    static func isNaN(_ bits: Bits) -> Bool
 }
 
 /// binary32 storage.
 enum F32: Element {
     @inline(__always) static func widen(_ bits: UInt32) -> Float { Float(bitPattern: bits) }
+    @inline(__always) static func isNaN(_ bits: UInt32) -> Bool { bits & 0x7FFF_FFFF > 0x7F80_0000 }
 }
 
 /// binary16 storage.
 enum F16: Element {
     @inline(__always) static func widen(_ bits: UInt16) -> Float { Float(Float16(bitPattern: bits)) }
+    @inline(__always) static func isNaN(_ bits: UInt16) -> Bool { bits & 0x7FFF > 0x7C00 }
 }
 
 /// bfloat16 storage.
 enum BF16: Element {
     @inline(__always) static func widen(_ bits: UInt16) -> Float { Float(bitPattern: UInt32(bits) << 16) }
+    @inline(__always) static func isNaN(_ bits: UInt16) -> Bool { bits & 0x7FFF > 0x7F80 }
 }

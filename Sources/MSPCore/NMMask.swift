@@ -118,9 +118,7 @@ public enum NMMask {
             let row = source + start
             let firstCol = g0 &* m
             // Scores transposed to [position in group][group], so the rank loops run over groups.
-            for q in 0..<m {
-                score.gather(row + q, count: len, stride: m, firstCol: firstCol &+ q, into: s + q &* block)
-            }
+            score.transposed(row, groups: len, m: m, firstCol: firstCol, into: s, dstStride: block)
             // rank[p][g]: how many members of group g are ordered before member p.
             for p in 0..<m {
                 let sp = s + p &* block, rp = rank + p &* block

@@ -45,22 +45,30 @@ struct Scorer<E: Element> {
         }
     }
 
-    /// Scores `count` elements `src[0]`, `src[stride]`, ... lying in columns `firstCol`,
-    /// `firstCol + stride`, ... into `dst[0 ..< count]`. The rule is chosen once, outside the loop.
+    /// Scores `groups` groups of `m` consecutive elements from column `firstCol` on, transposed:
+    /// element q of group g goes to `dst[q * dstStride + g]`. The rule is chosen once, outside the
+    /// loops; with `m` a literal after inlining, the loads vectorise as interleaved groups.
     @inline(__always)
-    func gather(
-        _ src: UnsafePointer<E.Bits>, count: Int, stride: Int, firstCol: Int, into dst: UnsafeMutablePointer<Float>
+    func transposed(
+        _ src: UnsafePointer<E.Bits>, groups: Int, m: Int, firstCol: Int, into dst: UnsafeMutablePointer<Float>,
+        dstStride: Int
     ) {
         if let scale {
             let s = scale + firstCol
-            for i in 0..<count {
-                let j = i &* stride
-                dst[i] = abs(E.widen(src[j])) * s[j]
+            for g in 0..<groups {
+                for q in 0..<m {
+                    let i = g &* m &+ q
+                    dst[q &* dstStride &+ g] = abs(E.widen(src[i])) * s[i]
+                }
             }
         } else if absolute {
-            for i in 0..<count { dst[i] = abs(E.widen(src[i &* stride])) }
+            for g in 0..<groups {
+                for q in 0..<m { dst[q &* dstStride &+ g] = abs(E.widen(src[g &* m &+ q])) }
+            }
         } else {
-            for i in 0..<count { dst[i] = E.widen(src[i &* stride]) }
+            for g in 0..<groups {
+                for q in 0..<m { dst[q &* dstStride &+ g] = E.widen(src[g &* m &+ q]) }
+            }
         }
     }
 
@@ -75,10 +83,7 @@ struct Scorer<E: Element> {
                 nans &+= v != v ? 1 : 0  // `isNaN` branches; the self-comparison vectorises
             }
         } else {
-            for i in 0..<count {
-                let v = E.widen(src[i])
-                nans &+= v != v ? 1 : 0
-            }
+            for i in 0..<count { nans &+= E.isNaN(src[i]) ? 1 : 0 }
         }
         return nans != 0
     }
