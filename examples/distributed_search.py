@@ -24,6 +24,7 @@ and the norms are broadcast. A fitness error on any rank stops every rank cleanl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import socket
@@ -163,12 +164,14 @@ def run_rank(rank: int, world_size: int, job: Job, progress: bool = False) -> "m
             gathered = [None] * world_size if rank == 0 else None
             dist.gather_object((mine, None if error is None else f"rank {rank}: {error!r}"), gathered, dst=0)
             if error is not None:
-                _broadcast(None, rank)  # matches rank 0's abort message below
+                with contextlib.suppress(Exception):  # rank 0 may already have left
+                    _broadcast(None, rank)  # matches rank 0's abort message below
                 raise error
             if rank == 0:
                 failures = [e for _, e in gathered if e is not None]
                 if failures:
-                    _broadcast({"abort": "; ".join(failures)}, rank)
+                    with contextlib.suppress(Exception):  # the failed rank may already have left
+                        _broadcast({"abort": "; ".join(failures)}, rank)
                     raise RuntimeError("fitness failed on " + "; ".join(failures))
                 values = {}
                 for part, _ in gathered:
