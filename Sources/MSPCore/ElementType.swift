@@ -20,24 +20,30 @@ protocol Element {
     associatedtype Bits: FixedWidthInteger & UnsignedInteger
     /// The exact `Float` value of a bit pattern.
     static func widen(_ bits: Bits) -> Float
-    /// Whether a bit pattern is a NaN (integer compares, which vectorise).
-    static func isNaN(_ bits: Bits) -> Bool
+    /// The bits of the largest finite-or-infinite magnitude: patterns whose magnitude bits
+    /// (`bits & ~sign`) exceed it are NaN.
+    static var infinity: Bits { get }
+    /// The sign bit.
+    static var sign: Bits { get }
 }
 
 /// binary32 storage.
 enum F32: Element {
     @inline(__always) static func widen(_ bits: UInt32) -> Float { Float(bitPattern: bits) }
-    @inline(__always) static func isNaN(_ bits: UInt32) -> Bool { bits & 0x7FFF_FFFF > 0x7F80_0000 }
+    static var infinity: UInt32 { 0x7F80_0000 }
+    static var sign: UInt32 { 0x8000_0000 }
 }
 
 /// binary16 storage.
 enum F16: Element {
     @inline(__always) static func widen(_ bits: UInt16) -> Float { Float(Float16(bitPattern: bits)) }
-    @inline(__always) static func isNaN(_ bits: UInt16) -> Bool { bits & 0x7FFF > 0x7C00 }
+    static var infinity: UInt16 { 0x7C00 }
+    static var sign: UInt16 { 0x8000 }
 }
 
 /// bfloat16 storage.
 enum BF16: Element {
     @inline(__always) static func widen(_ bits: UInt16) -> Float { Float(bitPattern: UInt32(bits) << 16) }
-    @inline(__always) static func isNaN(_ bits: UInt16) -> Bool { bits & 0x7FFF > 0x7F80 }
+    static var infinity: UInt16 { 0x7F80 }
+    static var sign: UInt16 { 0x8000 }
 }

@@ -73,19 +73,20 @@ struct Scorer<E: Element> {
     }
 
     /// Whether any of `count` consecutive elements from column `firstCol` on scores NaN.
+    ///
+    /// A maximum of magnitude bits (NaN patterns are the largest) rather than a test per element:
+    /// the compiler turns a per-element test into an early-exit search, which does not vectorise.
     @inline(__always)
     func anyNaN(_ src: UnsafePointer<E.Bits>, count: Int, firstCol: Int) -> Bool {
-        var nans = 0
         if let scale {
             let s = scale + firstCol
-            for i in 0..<count {
-                let v = abs(E.widen(src[i])) * s[i]
-                nans &+= v != v ? 1 : 0  // `isNaN` branches; the self-comparison vectorises
-            }
-        } else {
-            for i in 0..<count { nans &+= E.isNaN(src[i]) ? 1 : 0 }
+            var largest: UInt32 = 0
+            for i in 0..<count { largest = max(largest, (abs(E.widen(src[i])) * s[i]).bitPattern & 0x7FFF_FFFF) }
+            return largest > 0x7F80_0000
         }
-        return nans != 0
+        var largest: E.Bits = 0
+        for i in 0..<count { largest = max(largest, src[i] & ~E.sign) }
+        return largest > E.infinity
     }
 
     /// The float32 score of an element stored as `bits` in column `c`.
