@@ -21,8 +21,8 @@
  *     descending, then index ascending, and the first ones are kept: on ties the lower index is kept.
  *     Results equal a stable sort and do not depend on the thread count.
  *   - Keep masks are uint8_t arrays of rows x cols with 1 = keep, 0 = pruned.
- *   - Every fallible function returns an msp_status (MSP_OK = 0). On error it leaves every caller
- *     buffer unchanged and sets a message readable with msp_last_error_message().
+ *   - Every fallible function returns an msp_status, MSP_OK = 0 on success. On error it leaves
+ *     every caller buffer unchanged and sets a message readable with msp_last_error_message().
  *   - Pointer arguments are borrowed for the duration of the call; the library never frees caller
  *     memory. Functions without a handle are reentrant and may be called from any thread.
  */

@@ -43,7 +43,10 @@ public enum AdditiveSolver {
         let base = problem.range.lowerBound
         let span = extras.reduce(0.0) { $0 + ($1.last ?? 0) }
         let widest = bounds.map(\.count).max() ?? 1
-        let byTolerance = problem.tolerance > 0 ? Int((span * Double(units) / problem.tolerance).rounded(.up)) : maxCells
+        // Clamped in Double: a tiny tolerance would overflow the conversion to Int.
+        let byTolerance =
+            problem.tolerance > 0
+            ? Int(min(Double(maxCells), (span * Double(units) / problem.tolerance).rounded(.up))) : maxCells
         let cells = max(1, min(byTolerance, maxCells, workLimit / max(1, units * widest)))
         let delta = span > 0 ? span / Double(cells) : 1
         let width = cells + units + 1

@@ -122,6 +122,14 @@ struct PlannerTests {
         #expect(Set(spread).count > 1)
     }
 
+    @Test func subnormalToleranceSolvesWithoutTrapping() throws {
+        let levels = try LevelSet([Level(n: 4, m: 4), Level(n: 2, m: 4)])
+        var problem = try Problem(sizes: [10, 10], levels: levels)
+        try problem.setTarget(0.25, tolerance: .leastNonzeroMagnitude)
+        let solved = try AdditiveSolver.solve(problem, unitCosts: [0, 1, 0, 2])
+        #expect(solved.plan == [1, 0] && solved.cost == 1)
+    }
+
     @Test func unreachableTargetReportsTheRange() throws {
         let levels = try LevelSet([Level(n: 4, m: 4), Level(n: 2, m: 4)])
         var problem = try Problem(sizes: [10, 30], levels: levels)
