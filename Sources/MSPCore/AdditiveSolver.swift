@@ -48,9 +48,10 @@ public enum AdditiveSolver {
             problem.tolerance > 0
             ? Int(min(Double(maxCells), (span * Double(units) / problem.tolerance).rounded(.up))) : maxCells
         let cells = max(1, min(byTolerance, maxCells, workLimit / max(1, units * widest)))
-        let delta = span > 0 ? span / Double(cells) : 1
+        // delta stays normal and steps stay within the grid even for sparsities a few ulps apart.
+        let delta = max(span / Double(cells), .leastNormalMagnitude)
         let width = cells + units + 1
-        let steps = extras.map { $0.map { Int(($0 / delta).rounded()) } }
+        let steps = extras.map { $0.map { Int(min(Double(cells), ($0 / delta).rounded())) } }
 
         var cost = [Double](repeating: .infinity, count: width)
         var exact = [Double](repeating: 0, count: width)

@@ -128,6 +128,11 @@ struct PlannerTests {
         try problem.setTarget(0.25, tolerance: .leastNonzeroMagnitude)
         let solved = try AdditiveSolver.solve(problem, unitCosts: [0, 1, 0, 2])
         #expect(solved.plan == [1, 0] && solved.cost == 1)
+        // Levels a subnormal apart: the budget grid must not divide by an underflowed cell width.
+        var close = try Problem(
+            sizes: [3, 5], levels: LevelSet([Level(sparsity: 0), Level(sparsity: .leastNonzeroMagnitude)]))
+        try close.setTarget(0, tolerance: 0.001)
+        #expect(try AdditiveSolver.solve(close, unitCosts: [1, 0, 1, 0]).plan == [1, 1])
     }
 
     @Test func unreachableTargetReportsTheRange() throws {
