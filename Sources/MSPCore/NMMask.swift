@@ -43,113 +43,147 @@ public enum NMMask {
         _ src: UnsafeRawPointer, _ dst: UnsafeMutableRawPointer?, _ mask: UnsafeMutablePointer<UInt8>?,
         _ matrix: Matrix, _ pattern: NMPattern, _ rule: ScoreRule
     ) throws {
-        switch matrix.type {
-        case .f32: try run(F32.self, src, dst, mask, matrix, pattern, rule)
-        case .f16: try run(F16.self, src, dst, mask, matrix, pattern, rule)
-        case .bf16: try run(BF16.self, src, dst, mask, matrix, pattern, rule)
+        // Scaled scores are float products, ranked as 32-bit keys; 16-bit elements are otherwise
+        // ranked on their own 16-bit patterns, twice the lanes per instruction.
+        let scaled: Bool
+        if case .magnitude(let colScale) = rule, colScale != nil { scaled = true } else { scaled = false }
+        switch (matrix.type, scaled) {
+        case (.f32, _): try run(F32.self, Lanes32.self, src, dst, mask, matrix, pattern, rule)
+        case (.f16, false): try run(F16.self, Lanes16.self, src, dst, mask, matrix, pattern, rule)
+        case (.f16, true): try run(F16.self, Lanes32.self, src, dst, mask, matrix, pattern, rule)
+        case (.bf16, false): try run(BF16.self, Lanes16.self, src, dst, mask, matrix, pattern, rule)
+        case (.bf16, true): try run(BF16.self, Lanes32.self, src, dst, mask, matrix, pattern, rule)
         }
     }
 
-    /// Groups handled per block: the block's scores stay in L1.
-    private static let blockGroups = 128
-
-    private static func run<E: Element>(
-        _: E.Type, _ src: UnsafeRawPointer, _ dst: UnsafeMutableRawPointer?,
+    private static func run<E: Element, L: RankLanes>(
+        _: E.Type, _: L.Type, _ src: UnsafeRawPointer, _ dst: UnsafeMutableRawPointer?,
         _ mask: UnsafeMutablePointer<UInt8>?, _ matrix: Matrix, _ pattern: NMPattern, _ rule: ScoreRule
     ) throws {
-        let kernel = Kernel<E>(
+        let kernel = Kernel<E, L>(
             source: src.assumingMemoryBound(to: E.Bits.self),
             target: dst?.assumingMemoryBound(to: E.Bits.self), mask: mask, cols: matrix.cols,
-            n: pattern.n, score: Scorer<E>(rule))
+            pattern: pattern, score: Scorer<E>(rule))
         _ = try Threads.map(matrix.rows, minimumPerThread: max(1, 65536 / matrix.cols)) { rows in
-            try withScratch(Float.self, pattern.m * blockGroups) { scores in
-                try withScratch(UInt8.self, pattern.m * blockGroups) { ranks in
-                    // Literal group sizes let the inlined loops unroll and vectorise.
-                    switch pattern.m {
-                    case 2: kernel.rows(rows, GroupSize<2>.self, scores: scores, ranks: ranks)
-                    case 4: kernel.rows(rows, GroupSize<4>.self, scores: scores, ranks: ranks)
-                    case 8: kernel.rows(rows, GroupSize<8>.self, scores: scores, ranks: ranks)
-                    case 16: kernel.rows(rows, GroupSize<16>.self, scores: scores, ranks: ranks)
-                    default: kernel.rows(rows, m: pattern.m, scores: scores, ranks: ranks)
-                    }
+            try withScratch(L.Key.self, Kernel<E, L>.scratchCount) { scratch in
+                // Literal group sizes let the rank loop unroll.
+                switch pattern.m {
+                case 2: kernel.rows(rows, GroupSize<2>.self, scratch: scratch)
+                case 4: kernel.rows(rows, GroupSize<4>.self, scratch: scratch)
+                case 8: kernel.rows(rows, GroupSize<8>.self, scratch: scratch)
+                case 16: kernel.rows(rows, GroupSize<16>.self, scratch: scratch)
+                default: kernel.rows(rows, m: pattern.m, scratch: scratch)
                 }
             }
         }
     }
 
-    /// One N:M masking job; `block` handles up to `blockGroups` groups of `m` of one row.
-    private struct Kernel<E: Element> {
+    /// One N:M masking job on 32-lane vectors of order keys.
+    ///
+    /// A row is handled in blocks of `block` elements. The block's keys go to scratch, twice: `key`
+    /// and `key + 1`. Member p of a group is then ranked against member (p + r) mod m, for r in
+    /// 1..<m, all lanes at once: lanes whose partner lies ahead load it from `key` at offset r (a
+    /// greater key beats them), lanes whose partner wrapped around load it from `key + 1` at offset
+    /// r - m (an equal key, at a lower index, beats them too). A vector covers whole groups only, so
+    /// it advances by the largest multiple of m within 32 lanes.
+    private struct Kernel<E: Element, L: RankLanes> {
+        typealias Lanes = L.Lanes
         let source: UnsafePointer<E.Bits>
         let target: UnsafeMutablePointer<E.Bits>?
         let mask: UnsafeMutablePointer<UInt8>?
-        let cols: Int, n: Int
+        let cols: Int
+        let pattern: NMPattern
         let score: Scorer<E>
 
+        static var width: Int { Lanes.scalarCount }
+        /// Elements per block at most: the block's keys, flags and elements stay in L1.
+        static var block: Int { 2048 }
+        /// Scratch keys before and after a block's, read by the first and last vectors.
+        static var margin: Int { width + NMPattern.maxM }
+        /// Keys, keys plus one and keep flags of one block.
+        static var scratchCount: Int { 3 * (block + 2 * margin) }
+
         /// Masks `rows` with the group size fixed at compile time.
-        func rows<let M: Int>(
-            _ rows: Range<Int>, _: GroupSize<M>.Type, scores: UnsafeMutablePointer<Float>,
-            ranks: UnsafeMutablePointer<UInt8>
-        ) {
-            self.rows(rows, m: M, scores: scores, ranks: ranks)
+        func rows<let M: Int>(_ rows: Range<Int>, _: GroupSize<M>.Type, scratch: UnsafeMutablePointer<L.Key>) {
+            self.rows(rows, m: M, scratch: scratch)
         }
 
         /// Masks `rows` block by block; `m` is the group size.
         @inline(__always)
-        func rows(
-            _ rows: Range<Int>, m: Int, scores: UnsafeMutablePointer<Float>, ranks: UnsafeMutablePointer<UInt8>
-        ) {
+        func rows(_ rows: Range<Int>, m: Int, scratch: UnsafeMutablePointer<L.Key>) {
+            let stride = Self.block + 2 * Self.margin
+            scratch.initialize(repeating: 0, count: Self.scratchCount)
+            let keys = scratch + Self.margin, keys1 = keys + stride, flags = keys1 + stride
+            // Each lane's position in its group: constant once `m` is.
+            var position = Lanes()
+            for lane in 0..<Self.width { position[lane] = L.Key(truncatingIfNeeded: lane % m) }
+            let minusN = Lanes(repeating: L.Key(-pattern.n))
+            let step = Self.width / m * m
+            let block = Self.block / step * step
             for r in rows {
-                for g0 in stride(from: 0, to: cols / m, by: blockGroups) {
-                    block(row: r, firstGroup: g0, m: m, scores: scores, ranks: ranks)
+                for first in Swift.stride(from: 0, to: cols, by: block) {
+                    let count = min(block, cols &- first)
+                    let start = r &* cols &+ first
+                    writeKeys(source + start, count: count, firstCol: first, keys: keys, keys1: keys1)
+                    // Index arithmetic wraps (&+): every index is within the block and its margins.
+                    var i = 0
+                    while i < count {
+                        let key = load(keys + i)
+                        var rank = Lanes()
+                        for d in 1..<m {
+                            let ahead: Lanes = load(keys + (i &+ d))
+                            let behind1: Lanes = load(keys1 + (i &+ d &- m))
+                            let limit = Lanes(repeating: L.Key(truncatingIfNeeded: m &- d))
+                            rank = L.step(
+                                rank, key: key, ahead: ahead, behind1: behind1, position: position, limit: limit)
+                        }
+                        UnsafeMutableRawPointer(flags + i).storeBytes(of: L.kept(rank, minusN: minusN), as: Lanes.self)
+                        i &+= step
+                    }
+                    apply(flags, count: count, at: start)
                 }
             }
         }
 
+        @inline(__always) func load(_ p: UnsafePointer<L.Key>) -> Lanes {
+            UnsafeRawPointer(p).loadUnaligned(as: Lanes.self)
+        }
+
+        /// Writes the order keys of `count` elements from column `firstCol` on to `keys`, and each
+        /// key plus one to `keys1`. Keys of 16-bit elements are their own magnitude or signed
+        /// value; others are float score bits (scores are never NaN here, so adding one stays in range).
         @inline(__always)
-        func block(
-            row r: Int, firstGroup g0: Int, m: Int, scores s: UnsafeMutablePointer<Float>,
-            ranks rank: UnsafeMutablePointer<UInt8>
+        func writeKeys(
+            _ src: UnsafePointer<E.Bits>, count: Int, firstCol: Int, keys: UnsafeMutablePointer<L.Key>,
+            keys1: UnsafeMutablePointer<L.Key>
         ) {
-            // Index arithmetic wraps (&+, &*): every index is below rows * cols, checked at the C
-            // boundary, and unchecked arithmetic lets the loops vectorise.
-            let block = blockGroups
-            let len = min(block, cols / m &- g0)
-            let start = r &* cols &+ g0 &* m
-            let row = source + start
-            let firstCol = g0 &* m
-            // Scores transposed to [position in group][group], so the rank loops run over groups.
-            score.transposed(row, groups: len, m: m, firstCol: firstCol, into: s, dstStride: block)
-            // rank[p][g]: how many members of group g are ordered before member p.
-            for p in 0..<m {
-                let sp = s + p &* block, rp = rank + p &* block
-                for g in 0..<len { rp[g] = 0 }
-                for q in 0..<p {
-                    let sq = s + q &* block
-                    for g in 0..<len { rp[g] &+= sq[g] >= sp[g] ? 1 : 0 }
-                }
-                for q in (p &+ 1)..<m {
-                    let sq = s + q &* block
-                    for g in 0..<len { rp[g] &+= sq[g] > sp[g] ? 1 : 0 }
+            if let scale = score.scale {
+                let s = scale + firstCol
+                for i in 0..<count { keys[i] = L.Key(truncatingIfNeeded: (abs(E.widen(src[i])) * s[i]).bitPattern) }
+            } else if score.absolute {
+                for i in 0..<count { keys[i] = L.Key(truncatingIfNeeded: src[i] & ~E.sign) }
+            } else {
+                // -|x| for negative x: -0 and +0 share key 0.
+                for i in 0..<count {
+                    let magnitude = L.Key(truncatingIfNeeded: src[i] & ~E.sign)
+                    keys[i] = src[i] & E.sign == 0 ? magnitude : 0 &- magnitude
                 }
             }
-            // Branch-free writes: the kept bit (0 or 1) becomes a mask of all ones or zeros.
-            let n8 = UInt8(n)
+            for i in 0..<count { keys1[i] = keys[i] &+ 1 }
+        }
+
+        /// Applies the keep flags (all ones or zero) of `count` elements at element `start`.
+        @inline(__always)
+        func apply(_ flags: UnsafePointer<L.Key>, count: Int, at start: Int) {
             if let target {
-                // `out` only (it is `row` when pruning in place): a second pointer to the same
+                // `out` only (it is the source when pruning in place): a second pointer to the same
                 // memory would fail the vectoriser's overlap check.
                 let out = target + start
-                for g in 0..<len {
-                    for p in 0..<m {
-                        let kept: E.Bits = rank[p &* block &+ g] < n8 ? 1 : 0
-                        out[g &* m &+ p] &= 0 &- kept
-                    }
-                }
+                for i in 0..<count { out[i] &= E.Bits(truncatingIfNeeded: flags[i]) }
             }
             if let mask {
                 let out = mask + start
-                for g in 0..<len {
-                    for p in 0..<m { out[g &* m &+ p] = rank[p &* block &+ g] < n8 ? 1 : 0 }
-                }
+                for i in 0..<count { out[i] = UInt8(truncatingIfNeeded: flags[i]) & 1 }
             }
         }
     }

@@ -45,33 +45,6 @@ struct Scorer<E: Element> {
         }
     }
 
-    /// Scores `groups` groups of `m` consecutive elements from column `firstCol` on, transposed:
-    /// element q of group g goes to `dst[q * dstStride + g]`. The rule is chosen once, outside the
-    /// loops; with `m` a literal after inlining, the loads vectorise as interleaved groups.
-    @inline(__always)
-    func transposed(
-        _ src: UnsafePointer<E.Bits>, groups: Int, m: Int, firstCol: Int, into dst: UnsafeMutablePointer<Float>,
-        dstStride: Int
-    ) {
-        if let scale {
-            let s = scale + firstCol
-            for g in 0..<groups {
-                for q in 0..<m {
-                    let i = g &* m &+ q
-                    dst[q &* dstStride &+ g] = abs(E.widen(src[i])) * s[i]
-                }
-            }
-        } else if absolute {
-            for g in 0..<groups {
-                for q in 0..<m { dst[q &* dstStride &+ g] = abs(E.widen(src[g &* m &+ q])) }
-            }
-        } else {
-            for g in 0..<groups {
-                for q in 0..<m { dst[q &* dstStride &+ g] = E.widen(src[g &* m &+ q]) }
-            }
-        }
-    }
-
     /// Whether any of `count` consecutive elements from column `firstCol` on scores NaN.
     ///
     /// A maximum of magnitude bits (NaN patterns are the largest) rather than a test per element:

@@ -33,16 +33,12 @@ struct NMMaskTests {
         }
     }
 
-    @Test(arguments: ElementType.allCases, patterns)
-    func pruneInPlace(type: ElementType, pattern: (Int, Int)) throws {
-        let (n, m) = pattern
-        let rows = 7, cols = 3 * m
+    /// Prunes `values` in place, with and without scaling by `scale`, and checks weights and mask
+    /// against the reference.
+    func checkPrune(type: ElementType, n: Int, m: Int, rows: Int, cols: Int, values: [Float], scale: [Float]) throws {
+        var scale = scale
         for scaled in [false, true] {
-            var rng = SplitMix64(seed: UInt64(m * 100 + n))
-            var scale = (0..<cols).map { _ in Float(Int(rng.next() % 4)) * 0.5 }  // zeros included
-            var t = TestMatrix(
-                rows: rows, cols: cols, type: type,
-                values: hardValues(rows * cols, type: type, seed: UInt64(m + n)).map { $0.isInfinite ? 5 : $0 })
+            var t = TestMatrix(rows: rows, cols: cols, type: type, values: values)
             let original = t
             var mask = [UInt8](repeating: 9, count: rows * cols)
             try scale.withUnsafeMutableBufferPointer { s in
@@ -56,10 +52,38 @@ struct NMMaskTests {
                 abs(original.value(i)) * (scaled ? scale[i % cols] : 1)
             }
             #expect(mask == expected)
-            for i in 0..<(rows * cols) {
-                #expect(t.bits[i] == (expected[i] == 1 ? original.bits[i] : 0))
-            }
+            #expect(t.bits == zip(original.bits, expected).map { $1 == 1 ? $0 : 0 })
         }
+    }
+
+    @Test(arguments: ElementType.allCases, patterns)
+    func pruneInPlace(type: ElementType, pattern: (Int, Int)) throws {
+        let (n, m) = pattern
+        let rows = 7, cols = 3 * m
+        var rng = SplitMix64(seed: UInt64(m * 100 + n))
+        try checkPrune(
+            type: type, n: n, m: m, rows: rows, cols: cols,
+            values: hardValues(rows * cols, type: type, seed: UInt64(m + n)).map { $0.isInfinite ? 5 : $0 },
+            scale: (0..<cols).map { _ in Float(Int(rng.next() % 4)) * 0.5 })  // zeros included
+    }
+
+    /// Rows longer than a kernel block, with group sizes that leave lanes of a vector unused.
+    @Test(arguments: ElementType.allCases, [(2, 3), (3, 7), (5, 12), (9, 17), (2, 8), (4, 16), (17, 32)])
+    func longRowsAndUnevenGroupSizes(type: ElementType, pattern: (Int, Int)) throws {
+        let (n, m) = pattern
+        let rows = 3, cols = 731 * m
+        let values = hardValues(rows * cols, type: type, seed: UInt64(m * 31 + n)).map { $0.isInfinite ? -7 : $0 }
+        var rng = SplitMix64(seed: UInt64(m))
+        try checkPrune(
+            type: type, n: n, m: m, rows: rows, cols: cols, values: values,
+            scale: (0..<cols).map { _ in Float(Int(rng.next() % 5)) * 0.25 })
+        var explicit = [UInt8](repeating: 9, count: rows * cols)
+        let scores = TestMatrix(rows: rows, cols: cols, type: type, values: values)
+        var copy = scores
+        try copy.withBuffer { p, shape in
+            try NMMask.mask(scores: p, shape, pattern: NMPattern(n: n, m: m), keepMask: &explicit)
+        }
+        #expect(explicit == reference(scores, n: n, m: m, score: scores.value))
     }
 
     @Test func sameResultForEveryThreadCount() throws {
