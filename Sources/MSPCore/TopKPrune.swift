@@ -70,29 +70,138 @@ public enum TopKPrune {
 
         @inline(__always) func key(_ i: Int) -> UInt32 { scoreKey(score(data[i], i % cols)) }
 
-        /// Keeps `keep` weights in every row.
+        /// Bits of a row key below its histogram digit: keys are non-negative float bits, so the
+        /// digit has 10 bits.
+        static var digitShift: UInt32 { 21 }
+        /// Histogram bins.
+        static var bins: Int { 1 << (31 - Int(digitShift)) }
+
+        /// Keeps `keep` weights in every row. A histogram of each row's high key bits finds the
+        /// bucket holding the `keep`-th largest key; sorting that bucket's few members by (key
+        /// descending, column ascending) gives the last kept weight, and one comparison per weight
+        /// of (key, column) order against it applies the selection.
         func pruneRows(_ rows: Int, keep: Int) throws {
+            let bins = Self.bins
             _ = try Threads.map(rows, minimumPerThread: max(1, 16384 / cols)) { range in
-                try withScratch(UInt32.self, cols) { keys in
-                    try withScratch(Int.self, 256) { histogram in
+                try withScratch(UInt32.self, cols + 4 * bins) { scratch in
+                    try withScratch(UInt64.self, cols) { candidates in
+                        let keys = scratch
                         for r in range {
-                            let start = r * cols
-                            for c in 0..<cols { keys[c] = scoreKey(score(data[start + c], c)) }
-                            var select = RadixSelect(rank: keep)
-                            while !select.isDone {
-                                histogram.initialize(repeating: 0, count: 256)
-                                for c in 0..<cols where select.matches(keys[c]) {
-                                    histogram[select.digit(keys[c], bits: 8)] += 1
-                                }
-                                select.refine({ histogram[$0] }, bits: 8)
+                            let row = data + r &* cols
+                            writeKeys(row, keys)
+                            let (bucket, above) = thresholdBucket(keys, keep: keep, histograms: scratch + cols)
+                            // Branch-free: a bucket can hold a large share of the row.
+                            var count = 0
+                            for c in 0..<cols {
+                                candidates[count] = order(keys[c], c)
+                                count &+= Int(keys[c] &>> Self.digitShift) == bucket ? 1 : 0
                             }
-                            var ties = select.ties
-                            apply(start..<(start + cols), threshold: select.threshold, ties: &ties) {
-                                keys[$0 - start]
-                            }
+                            let last = Self.select(candidates, count: count, rank: keep &- above, histogram: scratch + cols)
+                            applyRow(row, keys: keys, last: last, maskRow: mask.map { $0 + r &* cols })
                         }
                     }
                 }
+            }
+        }
+
+        /// The histogram bin (digit) holding the `keep`-th largest of a row's keys, and how many keys
+        /// lie in higher bins. `histograms` is scratch for four interleaved histograms, so that
+        /// runs of equal digits do not wait on each other's increments.
+        @inline(__always)
+        func thresholdBucket(
+            _ keys: UnsafePointer<UInt32>, keep: Int, histograms h: UnsafeMutablePointer<UInt32>
+        ) -> (bucket: Int, above: Int) {
+            let bins = Self.bins
+            @inline(__always) func digit(_ c: Int) -> Int { Int(keys[c] &>> Self.digitShift) }
+            h.update(repeating: 0, count: 4 &* bins)
+            var c = 0
+            while c &+ 4 <= cols {
+                h[digit(c)] &+= 1
+                h[bins &+ digit(c &+ 1)] &+= 1
+                h[2 &* bins &+ digit(c &+ 2)] &+= 1
+                h[3 &* bins &+ digit(c &+ 3)] &+= 1
+                c &+= 4
+            }
+            while c < cols {
+                h[digit(c)] &+= 1
+                c &+= 1
+            }
+            for b in 0..<bins { h[b] = h[b] &+ h[bins &+ b] &+ h[2 &* bins &+ b] &+ h[3 &* bins &+ b] }
+            // From the top, 16 bins at a time, then bin by bin.
+            var above = 0, top = bins
+            while true {
+                var sum: UInt32 = 0
+                for b in (top &- 16)..<top { sum &+= h[b] }
+                if above &+ Int(sum) >= keep { break }
+                above &+= Int(sum)
+                top &-= 16
+            }
+            var bucket = top &- 1
+            while above &+ Int(h[bucket]) < keep {
+                above &+= Int(h[bucket])
+                bucket &-= 1
+            }
+            return (bucket, above)
+        }
+
+        /// The `rank`-th largest (1 = largest) of `count` distinct orders whose keys share the bits
+        /// above `digitShift`: 8-bit digit histograms narrow the candidates down while many remain,
+        /// then a sort. `histogram` is scratch for 256 counts; `orders` is reordered.
+        static func select(
+            _ orders: UnsafeMutablePointer<UInt64>, count: Int, rank: Int, histogram h: UnsafeMutablePointer<UInt32>
+        ) -> UInt64 {
+            var count = count, rank = rank, shift = digitShift
+            while count > 64 && shift > 0 {
+                let bits = min(8, shift)
+                shift -= bits
+                let mask = UInt64(1) &<< UInt64(bits) &- 1
+                @inline(__always) func digit(_ i: Int) -> Int { Int((orders[i] &>> UInt64(32 &+ shift)) & mask) }
+                h.update(repeating: 0, count: 256)
+                for i in 0..<count { h[digit(i)] &+= 1 }
+                var bucket = Int(mask)
+                while rank > Int(h[bucket]) {
+                    rank &-= Int(h[bucket])
+                    bucket &-= 1
+                }
+                var kept = 0
+                for i in 0..<count {
+                    orders[kept] = orders[i]
+                    kept &+= digit(i) == bucket ? 1 : 0
+                }
+                count = kept
+            }
+            var members = UnsafeMutableBufferPointer(start: orders, count: count)
+            members.sort(by: >)
+            return members[rank &- 1]
+        }
+
+        /// Writes the magnitude score keys of a row (the bits of non-NaN floats >= 0). The scale
+        /// test stays outside the loops: inside, it becomes a masked load of a null pointer.
+        @inline(__always) func writeKeys(_ row: UnsafePointer<E.Bits>, _ keys: UnsafeMutablePointer<UInt32>) {
+            if let scale = score.scale {
+                for c in 0..<cols { keys[c] = (abs(E.widen(row[c])) * scale[c]).bitPattern }
+            } else {
+                for c in 0..<cols { keys[c] = abs(E.widen(row[c])).bitPattern }
+            }
+        }
+
+        /// The selection order of a row's weight: key descending, then column ascending.
+        @inline(__always) func order(_ key: UInt32, _ c: Int) -> UInt64 {
+            UInt64(key) &<< 32 | UInt64(UInt32.max &- UInt32(truncatingIfNeeded: c))
+        }
+
+        /// Keeps the weights of `row` ordered at or before `last`, zeroes the others.
+        @inline(__always)
+        func applyRow(
+            _ row: UnsafeMutablePointer<E.Bits>, keys: UnsafePointer<UInt32>, last: UInt64,
+            maskRow: UnsafeMutablePointer<UInt8>?
+        ) {
+            for c in 0..<cols {
+                let kept: E.Bits = order(keys[c], c) >= last ? 1 : 0
+                row[c] &= 0 &- kept
+            }
+            if let maskRow {
+                for c in 0..<cols { maskRow[c] = order(keys[c], c) >= last ? 1 : 0 }
             }
         }
 
