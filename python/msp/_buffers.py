@@ -181,8 +181,9 @@ def new_keep_mask(matrix: Matrix) -> tuple[Any, int]:
 def as_col_scale(col_scale: Any, cols: int) -> np.ndarray | None:
     """Convert ``col_scale`` (``None`` or array-like of ``cols`` numbers) to contiguous float32.
 
-    A torch tensor on any device is moved to the CPU. The result may share memory with a float32
-    contiguous input; the library only reads it.
+    A torch tensor on any device is moved to the CPU. The result is always a private copy: a
+    col_scale that shares memory with the weights (``col_scale=w[0]``) would otherwise be changed
+    by the in-place pruning while the library still reads it.
 
     Raises:
         TypeError: not numeric.
@@ -198,4 +199,4 @@ def as_col_scale(col_scale: Any, cols: int) -> np.ndarray | None:
         raise TypeError(f"col_scale must hold real numbers, got dtype {array.dtype}")
     if array.shape != (cols,):
         raise ValueError(f"col_scale must be 1-D with cols = {cols} entries, got shape {array.shape}")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return np.array(array, dtype=np.float32, order="C", copy=True)

@@ -24,10 +24,13 @@ import numpy as np
 from . import _buffers
 from ._convert import integer, real
 from ._handle import NativeHandle
-from ._lib import lib
+from ._lib import DTYPE_BF16, DTYPE_F16, DTYPE_F32, lib
 from .errors import InvalidArgumentError
 
 __all__ = ["FisherAccumulator", "sum_squares", "add_fisher_diagonal"]
+
+
+_ITEMSIZE = {DTYPE_F32: 4, DTYPE_F16: 2, DTYPE_BF16: 2}
 
 
 class _Vector:
@@ -99,7 +102,7 @@ def add_fisher_diagonal(grad: Any, diag: Any, scale: float = 1.0) -> None:
         scale: finite, >= 0.
 
     Raises:
-        TypeError: unsupported objects or dtypes (``diag`` must be float32).
+        TypeError: unsupported objects, dtypes or layouts (``diag`` must be a dense float32 buffer).
         ValueError: ``diag`` not contiguous, read-only, off the CPU, requiring grad under grad mode,
             or of another element count than ``grad``.
         msp.InvalidArgumentError: a non-finite gradient or an update that overflows float32 (the
@@ -111,7 +114,9 @@ def add_fisher_diagonal(grad: Any, diag: Any, scale: float = 1.0) -> None:
     if torch is not None:
         if diag.dtype != torch.float32:
             raise TypeError(f"diag has dtype {diag.dtype}; the diagonal Fisher is a float32 buffer")
-        if diag.layout != torch.strided or diag.device.type != "cpu":
+        if diag.layout != torch.strided:  # a TypeError, as for a sparse grad (_buffers.tensor_code)
+            raise TypeError(f"diag has layout {diag.layout}; the diagonal Fisher is a dense (strided) tensor")
+        if diag.device.type != "cpu":
             raise ValueError(f"diag must be a dense CPU tensor, got layout {diag.layout} on {diag.device}")
         if not diag.is_contiguous():
             raise ValueError("diag is not contiguous; it is updated in place and never copied")
@@ -135,6 +140,11 @@ def add_fisher_diagonal(grad: Any, diag: Any, scale: float = 1.0) -> None:
         raise ValueError(f"diag has {count} elements but grad has {vector.count}")
     if count == 0:
         return
+    if vector.ptr < ptr + 4 * count and ptr < vector.ptr + _ITEMSIZE[vector.dtype] * count:
+        # grad overlaps diag (e.g. shifted views of one buffer): read it from a copy, as numpy's
+        # `diag += grad**2` would, since the library writes diag while it still reads grad.
+        source = vector.obj
+        vector = _as_vector(source.clone() if hasattr(source, "clone") else source.copy(), "grad")
     lib.msp_fisher_add_diagonal(vector.ptr, vector.dtype, count, ptr, scale)
     if torch is not None:
         torch.autograd.graph.increment_version(diag)

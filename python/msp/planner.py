@@ -131,7 +131,10 @@ def _fitness_value(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         hint = " (use .item() to get a float from a tensor)" if hasattr(value, "item") else ""
         raise TypeError(f"the fitness function must return a float, got {type(value).__name__}{hint}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond the float range: report it like the other bad values
+        raise ValueError("the fitness function returned an integer beyond the float range") from None
     if value == -math.inf:
         raise ValueError("the fitness function returned -inf; lower is better, so use +inf to mark a plan as worst")
     return value
@@ -693,15 +696,20 @@ class Search(NativeHandle):
                 self._bar = None
                 self._note(self._progress(handle))
             error, self._error = self._error, None
-            if error is not None:
-                raise error  # the fitness function's own exception, unchanged
-            if cancelled is not None:
-                if self._nan:
-                    raise MSPCancelled(
-                        "the fitness function returned NaN, so the search was cancelled "
-                        "(return float('inf') to mark a plan as worst); " + cancelled.message
-                    )
-                raise cancelled
+            try:
+                if error is not None:
+                    raise error  # the fitness function's own exception, unchanged
+                if cancelled is not None:
+                    if self._nan:
+                        raise MSPCancelled(
+                            "the fitness function returned NaN, so the search was cancelled "
+                            "(return float('inf') to mark a plan as worst); " + cancelled.message
+                        )
+                    raise cancelled
+            finally:
+                # A raised exception's traceback holds this frame: locals that hold the exception
+                # would form a cycle keeping the search (and its native handle) alive until gc.
+                error = cancelled = None
         best = self.best
         if best is None:  # unreachable: a finished search has evaluated its prior plans
             raise InvalidStateError("the search finished without evaluating any plan")
