@@ -5,10 +5,13 @@
  * Two kernels over a caller's buffers, split into equal contiguous parts, one per thread:
  *   copy: dst = src with ordinary (cached) 32-byte stores, as msp's in-place kernels write;
  *   read: a 64-bit sum of src, as msp_sum_squares reads.
- * The loops use explicit AVX2 loads and stores so that the compiler can neither turn the copy into
- * a memcpy call (which may switch to non-temporal stores) nor drop the read.
+ * On x86-64 the loops use explicit AVX2 loads and stores so that the compiler can neither turn the
+ * copy into a memcpy call (which may switch to non-temporal stores) nor drop the read; elsewhere
+ * (aarch64) plain 64-bit loops stand in.
  */
+#if defined(__AVX2__)
 #include <immintrin.h>
+#endif
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -20,6 +23,7 @@ typedef struct {
     uint64_t sum;
 } part;
 
+#if defined(__AVX2__)
 static void *copy_part(void *arg) {
     part *p = arg;
     size_t i = 0;
@@ -54,6 +58,34 @@ static void *read_part(void *arg) {
     p->sum = sum;
     return NULL;
 }
+#else
+static void *copy_part(void *arg) {
+    part *p = arg;
+    volatile uint64_t *dst = (volatile uint64_t *)p->dst;  /* volatile: no memcpy call */
+    const uint64_t *src = (const uint64_t *)p->src;
+    size_t words = p->bytes / 8, i = 0;
+    for (; i < words; i++) dst[i] = src[i];
+    for (i *= 8; i < p->bytes; i++) p->dst[i] = p->src[i];
+    return NULL;
+}
+
+static void *read_part(void *arg) {
+    part *p = arg;
+    const uint64_t *src = (const uint64_t *)p->src;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    size_t words = p->bytes / 8, i = 0;
+    for (; i + 4 <= words; i += 4) {
+        s0 += src[i];
+        s1 += src[i + 1];
+        s2 += src[i + 2];
+        s3 += src[i + 3];
+    }
+    uint64_t sum = s0 + s1 + s2 + s3;
+    for (i *= 8; i < p->bytes; i++) sum += (unsigned char)p->src[i];
+    p->sum = sum;
+    return NULL;
+}
+#endif
 
 /* Runs the copy (op 0: dst must hold `bytes`) or the read (op 1: dst may be NULL) with `threads`
  * threads (1..64). Returns the read's sum (0 for the copy), or UINT64_MAX when a thread could not
