@@ -60,8 +60,8 @@ public enum AdditiveSolver {
         var reach = 0  // highest cell reached so far
         return try withScratch(UInt8.self, units * width) { choice in
             for u in 0..<units {
-                let top = min(width - 1, reach + (steps[u].last ?? 0))
-                let newReach = top
+                let last = steps[u].last ?? 0
+                let top = min(width - 1, reach + last)
                 steps[u].withUnsafeBufferPointer { step in
                 extras[u].withUnsafeBufferPointer { extra in
                 unitCosts[u].withUnsafeBufferPointer { unitCost in
@@ -71,21 +71,19 @@ public enum AdditiveSolver {
                 nextExact.withUnsafeMutableBufferPointer { nextExact in
                     let row = choice + u * width
                     for c in 0...top { nextCost[c] = .infinity }
-                    for c in 0...reach where cost[c] < .infinity {
-                        for i in 0..<step.count {
-                            let c2 = min(c + step[i], width - 1)
-                            let candidate = cost[c] + unitCost[i]
-                            if candidate < nextCost[c2] {
-                                nextCost[c2] = candidate
-                                nextExact[c2] = exact[c] + extra[i]
-                                row[c2] = UInt8(i)
-                            }
-                        }
+                    if reach + last <= width - 1 {
+                        relaxBlocked(
+                            reach: reach, step: step, extra: extra, unitCost: unitCost, cost: cost, exact: exact,
+                            nextCost: nextCost, nextExact: nextExact, row: row)
+                    } else {
+                        relaxClamped(
+                            reach: reach, width: width, step: step, extra: extra, unitCost: unitCost, cost: cost,
+                            exact: exact, nextCost: nextCost, nextExact: nextExact, row: row)
                     }
                 }}}}}}}
                 swap(&cost, &nextCost)
                 swap(&exact, &nextExact)
-                reach = newReach
+                reach = top
             }
             var best = -1
             for c in 0...reach where cost[c] < .infinity && problem.meetsBudget(base + exact[c]) {
@@ -105,6 +103,110 @@ public enum AdditiveSolver {
                 c -= steps[u][i]
             }
             return (plan, cost[best])
+        }
+    }
+
+    /// Cells relaxed per block of `relaxBlocked`: the block's sources and its shifted targets stay
+    /// in cache across the levels.
+    static let relaxBlock = 2048
+
+    /// One unit's step of the dynamic programme: for every source cell c in 0...reach and level i,
+    /// the candidate cost[c] + unitCost[i] replaces nextCost[c + step[i]] when strictly cheaper.
+    ///
+    /// The reference order is c ascending, then i ascending; the first candidate of least cost wins
+    /// a target cell. This loop runs, block of sources by block, the levels in order of descending
+    /// step (ascending index among equal steps), each over the whole block. For a fixed target
+    /// that visits its candidates (c = target - step[i]) in exactly the reference order, so the
+    /// result is the same, while the inner loop runs over contiguous cells and vectorises.
+    /// Needs reach + step.last within the arrays (no clamping).
+    static func relaxBlocked(
+        reach: Int, step: UnsafeBufferPointer<Int>, extra: UnsafeBufferPointer<Double>,
+        unitCost: UnsafeBufferPointer<Double>, cost: UnsafeBufferPointer<Double>, exact: UnsafeBufferPointer<Double>,
+        nextCost: UnsafeMutableBufferPointer<Double>, nextExact: UnsafeMutableBufferPointer<Double>,
+        row: UnsafeMutablePointer<UInt8>
+    ) {
+        guard let costBase = cost.baseAddress, let exactBase = exact.baseAddress,
+            let nextCostBase = nextCost.baseAddress, let nextExactBase = nextExact.baseAddress
+        else { return }
+        // Levels by descending step, ascending index among equal steps (steps never decrease with i).
+        var order: [Int] = []
+        order.reserveCapacity(step.count)
+        var end = step.count
+        while end > 0 {
+            var start = end - 1
+            while start > 0 && step[start - 1] == step[end - 1] { start -= 1 }
+            order.append(contentsOf: start..<end)
+            end = start
+        }
+        var block = 0
+        while block <= reach {
+            let count = min(relaxBlock, reach + 1 - block)
+            for i in order {
+                let target = block + step[i]
+                relaxRun(
+                    count: count, from: costBase + block, exactBase + block, adding: unitCost[i], extra[i],
+                    into: nextCostBase + target, nextExactBase + target, row + target, choice: UInt8(truncatingIfNeeded: i))
+            }
+            block += count
+        }
+    }
+
+    /// target[j] = min(target[j], source[j] + unitCost) over `count` cells, keeping the strictly
+    /// cheaper candidate's exact budget and level index, four cells at a time without branches.
+    @inline(__always)
+    static func relaxRun(
+        count: Int, from cost: UnsafePointer<Double>, _ exact: UnsafePointer<Double>, adding unitCost: Double,
+        _ extra: Double, into nextCost: UnsafeMutablePointer<Double>, _ nextExact: UnsafeMutablePointer<Double>,
+        _ row: UnsafeMutablePointer<UInt8>, choice: UInt8
+    ) {
+        typealias Lanes = SIMD4<Double>
+        let unitCosts = Lanes(repeating: unitCost), extras = Lanes(repeating: extra)
+        let choices = SIMD4<UInt8>(repeating: choice)
+        var j = 0
+        while j + 4 <= count {
+            let candidate = UnsafeRawPointer(cost + j).loadUnaligned(as: Lanes.self) + unitCosts
+            let old = UnsafeRawPointer(nextCost + j).loadUnaligned(as: Lanes.self)
+            let take = candidate .< old
+            UnsafeMutableRawPointer(nextCost + j).storeBytes(of: old.replacing(with: candidate, where: take), as: Lanes.self)
+            let budget = UnsafeRawPointer(exact + j).loadUnaligned(as: Lanes.self) + extras
+            let oldBudget = UnsafeRawPointer(nextExact + j).loadUnaligned(as: Lanes.self)
+            UnsafeMutableRawPointer(nextExact + j).storeBytes(
+                of: oldBudget.replacing(with: budget, where: take), as: Lanes.self)
+            let wide = SIMD4<Int64>(repeating: 0).replacing(with: -1, where: take)
+            let narrow = SIMD4<Int8>(truncatingIfNeeded: wide) .< 0
+            let oldRow = UnsafeRawPointer(row + j).loadUnaligned(as: SIMD4<UInt8>.self)
+            UnsafeMutableRawPointer(row + j).storeBytes(
+                of: oldRow.replacing(with: choices, where: narrow), as: SIMD4<UInt8>.self)
+            j += 4
+        }
+        while j < count {
+            let candidate = cost[j] + unitCost
+            if candidate < nextCost[j] {
+                nextCost[j] = candidate
+                nextExact[j] = exact[j] + extra
+                row[j] = choice
+            }
+            j += 1
+        }
+    }
+
+    /// The reference loop (c ascending, then i ascending) with targets clamped to the last cell.
+    static func relaxClamped(
+        reach: Int, width: Int, step: UnsafeBufferPointer<Int>, extra: UnsafeBufferPointer<Double>,
+        unitCost: UnsafeBufferPointer<Double>, cost: UnsafeBufferPointer<Double>, exact: UnsafeBufferPointer<Double>,
+        nextCost: UnsafeMutableBufferPointer<Double>, nextExact: UnsafeMutableBufferPointer<Double>,
+        row: UnsafeMutablePointer<UInt8>
+    ) {
+        for c in 0...reach where cost[c] < .infinity {
+            for i in 0..<step.count {
+                let c2 = min(c + step[i], width - 1)
+                let candidate = cost[c] + unitCost[i]
+                if candidate < nextCost[c2] {
+                    nextCost[c2] = candidate
+                    nextExact[c2] = exact[c] + extra[i]
+                    row[c2] = UInt8(i)
+                }
+            }
         }
     }
 

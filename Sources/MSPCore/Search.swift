@@ -160,11 +160,13 @@ public final class Search {
                 [false, true].map { PriorParams(strength: s, perParameter: $0) }
             }
         }
-        var plans: [[Int]] = []
-        for setting in settings {
-            let plan = try Prior.plan(problem, sensitivity: sensitivity, params: setting)
-            if proposed.insert(key(plan)).inserted { plans.append(plan) }
+        // Each prior is an independent exact solve: computed in parallel, kept in grid order.
+        let problem = self.problem, sensitivity = self.sensitivity
+        let computed = try Threads.map(Threads.chunks(settings.count)) { _, chunk in
+            try chunk.map { try Prior.plan(problem, sensitivity: sensitivity, params: settings[$0]) }
         }
+        var plans: [[Int]] = []
+        for plan in computed.joined() where proposed.insert(key(plan)).inserted { plans.append(plan) }
         return plans
     }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 from typing import Any, Iterable, Sequence
 
@@ -125,6 +126,42 @@ class Plan:
         self.method = None if method is None else str(method)
         self.params = dict(params) if params else {}
         self.seed = None if seed is None else integer(seed, "seed")
+
+    @classmethod
+    def _of_checked(
+        cls,
+        levels: list[int],
+        table: "_LevelTable",
+        *,
+        fitness: float | None = None,
+        history: Iterable[float] = (),
+        evaluations: int = 0,
+        target: float | None = None,
+        method: str | None = None,
+        params: dict | None = None,
+        seed: int | None = None,
+    ) -> "Plan":
+        """A plan whose indices the library has already checked (the planner's hot path).
+
+        Equal to ``Plan(levels, table.level_set, table.sizes, ...)`` field for field, without
+        re-validating every index and size: ``levels`` must be a list of Python ints within the
+        level set, and the other fields must already be of the right types.
+        """
+        plan = cls.__new__(cls)
+        plan.levels = levels
+        plan.level_set = list(table.level_set)
+        plan.sizes = list(table.sizes)
+        plan.sparsity = [table.sparsity[k] for k in levels]
+        plan.nm = [table.nm[k] for k in levels]
+        plan.average_sparsity = math.fsum(map(operator.mul, table.sizes, plan.sparsity)) / table.total
+        plan.fitness = None if fitness is None else float(fitness)
+        plan.history = [float(h) for h in history]
+        plan.evaluations = int(evaluations)
+        plan.target = None if target is None else float(target)
+        plan.method = None if method is None else str(method)
+        plan.params = dict(params) if params else {}
+        plan.seed = None if seed is None else int(seed)
+        return plan
 
     # --- views ------------------------------------------------------------------------------------
 
@@ -299,3 +336,18 @@ class Plan:
         return self.to_json() == other.to_json()
 
     __hash__ = None  # type: ignore[assignment]  # mutable fields
+
+
+class _LevelTable:
+    """What every plan over one level set and one list of sizes shares, computed once: the
+    validated levels, sizes, each level's sparsity and N:M pattern, and the total size. The
+    planner builds one per search and makes its candidate plans with ``Plan._of_checked``."""
+
+    __slots__ = ("level_set", "sizes", "sparsity", "nm", "total")
+
+    def __init__(self, level_set: Sequence[Any], sizes: Iterable[int]) -> None:
+        self.level_set = [Level.parse(level) for level in level_set]
+        self.sizes = [integer(s, f"sizes[{i}]") for i, s in enumerate(sizes)]
+        self.sparsity = [level.sparsity for level in self.level_set]
+        self.nm = [level.pattern for level in self.level_set]
+        self.total = sum(self.sizes)

@@ -42,7 +42,7 @@ from ._handle import NativeHandle
 from ._lib import lib, msp_fitness_fn, msp_progress_fn, msp_search_params, msp_search_progress
 from .errors import InvalidStateError, MSPCancelled
 from .levels import Level, as_level_set, level_array
-from .plan import Plan
+from .plan import Plan, _LevelTable
 
 __all__ = ["plan", "Search", "Problem", "METHODS"]
 
@@ -487,6 +487,7 @@ class Search(NativeHandle):
         self._generations = settings["generations"]
         self._settings = {**problem.settings(), **settings}
         self._num_layers = len(self._sizes)
+        self._table = _LevelTable(self._level_set, self._sizes)
         self._max_batch = int(lib.msp_search_max_batch(self._handle))
         self._buffer = np.zeros(max(1, self._max_batch) * self._num_layers, dtype=np.int32)
 
@@ -533,10 +534,10 @@ class Search(NativeHandle):
         return self._max_batch
 
     def _plan(self, levels: list[int], **fields: Any) -> Plan:
-        return Plan(
+        """A plan of level indices the library produced (so already checked)."""
+        return Plan._of_checked(
             levels,
-            self._level_set,
-            self._sizes,
+            self._table,
             target=self._target,
             method="search",
             params=self._settings,
