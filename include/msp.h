@@ -143,8 +143,10 @@ msp_status msp_nm_mask(const void *scores, msp_dtype dtype, int64_t rows, int64_
  *   n, m           0 < n < m <= 32.
  *   col_scale      NULL for magnitude scores, or `cols` finite non-negative floats (Wanda passes the
  *                  L2 norm of each input feature). A score |w| * col_scale that is NaN (an infinite
- *                  weight times a zero scale) is an error.
- *   keep_mask_out  NULL, or rows x cols bytes written with 1 = keep, 0 = prune.
+ *                  weight times a zero scale) is an error. Must not overlap `weights` (the
+ *                  weights change while col_scale is still read).
+ *   keep_mask_out  NULL, or rows x cols bytes written with 1 = keep, 0 = prune; must not overlap
+ *                  the other buffers.
  *
  * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL weights, bad size, dtype or pattern, NaN weight,
  * negative or non-finite col_scale, NaN score; the message names the argument and position);
@@ -255,7 +257,7 @@ msp_status msp_fisher_reset(msp_fisher *fisher);
  *
  *   grad        `count` elements of `dtype`; must be finite.
  *   count       > 0.
- *   diag_inout  `count` floats, updated in place.
+ *   diag_inout  `count` floats, updated in place; must not overlap `grad`.
  *   scale       finite, >= 0.
  *
  * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL, bad count, scale or dtype, non-finite gradient,
