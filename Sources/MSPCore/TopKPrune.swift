@@ -68,8 +68,6 @@ public enum TopKPrune {
         let cols: Int
         let score: Scorer<E>
 
-        @inline(__always) func key(_ i: Int) -> UInt32 { scoreKey(score(data[i], i % cols)) }
-
         /// Bits of a row key below its histogram digit: keys are non-negative float bits, so the
         /// digit has 10 bits.
         static var digitShift: UInt32 { 21 }
@@ -214,21 +212,24 @@ public enum TopKPrune {
             for bits in digits {
                 let bins = 1 << bits
                 let current = select
-                let last = bits == digits.last
                 let histograms = try Threads.map(chunks) { _, range in
-                    var histogram = [Int](repeating: 0, count: bins)
-                    histogram.withUnsafeMutableBufferPointer { h in
-                        for i in (range.lowerBound * cols)..<(range.upperBound * cols) {
-                            let k = key(i)
-                            if current.matches(k) { h[current.digit(k, bits: bits)] += 1 }
+                    try withScratch(UInt32.self, cols) { keys in
+                        var histogram = [Int](repeating: 0, count: bins)
+                        histogram.withUnsafeMutableBufferPointer { h in
+                            for r in range {
+                                writeKeys(data + r &* cols, keys)
+                                for c in 0..<cols where current.matches(keys[c]) {
+                                    h[current.digit(keys[c], bits: bits)] &+= 1
+                                }
+                            }
                         }
+                        return histogram
                     }
-                    return histogram
                 }
                 var total = [Int](repeating: 0, count: bins)
                 for h in histograms { for b in 0..<bins { total[b] += h[b] } }
                 select.refine({ total[$0] }, bits: bits)
-                if last {
+                if bits == digits.last {
                     let d = select.threshold & UInt32(bins - 1)
                     tiesPerChunk = histograms.map { $0[Int(d)] }
                 }
@@ -242,26 +243,24 @@ public enum TopKPrune {
             }
             let threshold = select.threshold
             _ = try Threads.map(chunks) { t, range in
-                var ties = quotas[t]
-                apply((range.lowerBound * cols)..<(range.upperBound * cols), threshold: threshold, ties: &ties) {
-                    key($0)
+                try withScratch(UInt32.self, cols) { keys in
+                    var ties = quotas[t]
+                    for r in range {
+                        let row = data + r &* cols
+                        writeKeys(row, keys)
+                        let maskRow = mask.map { $0 + r &* cols }
+                        // The first `ties` keys equal to the threshold are kept: the last kept one
+                        // bounds the row's selection in (key, column) order.
+                        var lastTie = -1
+                        for c in 0..<cols where ties > 0 && keys[c] == threshold {
+                            lastTie = c
+                            ties &-= 1
+                        }
+                        applyRow(
+                            row, keys: keys, last: lastTie >= 0 ? order(threshold, lastTie) : order(threshold &+ 1, cols),
+                            maskRow: maskRow)
+                    }
                 }
-            }
-        }
-
-        /// Prunes the elements of `range` whose key is below `threshold`, and those equal to it after
-        /// the first `ties`; writes the keep mask.
-        @inline(__always)
-        func apply(_ range: Range<Int>, threshold: UInt32, ties: inout Int, key: (Int) -> UInt32) {
-            for i in range {
-                let k = key(i)
-                var kept = k > threshold
-                if k == threshold && ties > 0 {
-                    kept = true
-                    ties -= 1
-                }
-                if !kept { data[i] = 0 }
-                mask?[i] = kept ? 1 : 0
             }
         }
     }
