@@ -80,12 +80,11 @@ public enum NMMask {
 
     /// One N:M masking job on 32-lane vectors of order keys.
     ///
-    /// A row is handled in blocks of `block` elements. The block's keys go to scratch, twice: `key`
-    /// and `key + 1`. Member p of a group is then ranked against member (p + r) mod m, for r in
-    /// 1..<m, all lanes at once: lanes whose partner lies ahead load it from `key` at offset r (a
-    /// greater key beats them), lanes whose partner wrapped around load it from `key + 1` at offset
-    /// r - m (an equal key, at a lower index, beats them too). A vector covers whole groups only, so
-    /// it advances by the largest multiple of m within 32 lanes.
+    /// A row is handled in blocks of `block` elements whose keys go to scratch. Member p of a group
+    /// is then ranked against member (p + d) mod m, for d in 1..<m, all lanes at once: lanes whose
+    /// partner lies ahead load it at offset d (a greater key beats them), lanes whose partner
+    /// wrapped around load it at offset d - m (an equal key, at a lower index, beats them too). A
+    /// vector covers whole groups only, so it advances by the largest multiple of m within 32 lanes.
     private struct Kernel<E: Element, L: RankLanes> {
         typealias Lanes = L.Lanes
         let source: UnsafePointer<E.Bits>
@@ -100,8 +99,8 @@ public enum NMMask {
         static var block: Int { 2048 }
         /// Scratch keys before and after a block's, read by the first and last vectors.
         static var margin: Int { width + NMPattern.maxM }
-        /// Keys, keys plus one and keep flags of one block.
-        static var scratchCount: Int { 3 * (block + 2 * margin) }
+        /// Keys and keep flags of one block.
+        static var scratchCount: Int { 2 * (block + 2 * margin) }
 
         /// Masks `rows` with the group size fixed at compile time.
         func rows<let M: Int>(_ rows: Range<Int>, _: GroupSize<M>.Type, scratch: UnsafeMutablePointer<L.Key>) {
@@ -113,7 +112,7 @@ public enum NMMask {
         func rows(_ rows: Range<Int>, m: Int, scratch: UnsafeMutablePointer<L.Key>) {
             let stride = Self.block + 2 * Self.margin
             scratch.initialize(repeating: 0, count: Self.scratchCount)
-            let keys = scratch + Self.margin, keys1 = keys + stride, flags = keys1 + stride
+            let keys = scratch + Self.margin, flags = keys + stride
             // Each lane's position in its group: constant once `m` is.
             var position = Lanes()
             for lane in 0..<Self.width { position[lane] = L.Key(truncatingIfNeeded: lane % m) }
@@ -124,7 +123,7 @@ public enum NMMask {
                 for first in Swift.stride(from: 0, to: cols, by: block) {
                     let count = min(block, cols &- first)
                     let start = r &* cols &+ first
-                    writeKeys(source + start, count: count, firstCol: first, keys: keys, keys1: keys1)
+                    writeKeys(source + start, count: count, firstCol: first, keys: keys)
                     // Index arithmetic wraps (&+): every index is within the block and its margins.
                     var i = 0
                     while i < count {
@@ -132,10 +131,10 @@ public enum NMMask {
                         var rank = Lanes()
                         for d in 1..<m {
                             let ahead: Lanes = load(keys + (i &+ d))
-                            let behind1: Lanes = load(keys1 + (i &+ d &- m))
+                            let behind: Lanes = load(keys + (i &+ d &- m))
                             let limit = Lanes(repeating: L.Key(truncatingIfNeeded: m &- d))
                             rank = L.step(
-                                rank, key: key, ahead: ahead, behind1: behind1, position: position, limit: limit)
+                                rank, key: key, ahead: ahead, behind: behind, position: position, limit: limit)
                         }
                         UnsafeMutableRawPointer(flags + i).storeBytes(of: L.kept(rank, minusN: minusN), as: Lanes.self)
                         i &+= step
@@ -149,13 +148,12 @@ public enum NMMask {
             UnsafeRawPointer(p).loadUnaligned(as: Lanes.self)
         }
 
-        /// Writes the order keys of `count` elements from column `firstCol` on to `keys`, and each
-        /// key plus one to `keys1`. Keys of 16-bit elements are their own magnitude or signed
-        /// value; others are float score bits (scores are never NaN here, so adding one stays in range).
+        /// Writes the order keys of `count` elements from column `firstCol` on to `keys`: 16-bit
+        /// elements without a scale give their own magnitude or signed value, others the bits of
+        /// the float score (never NaN here).
         @inline(__always)
         func writeKeys(
-            _ src: UnsafePointer<E.Bits>, count: Int, firstCol: Int, keys: UnsafeMutablePointer<L.Key>,
-            keys1: UnsafeMutablePointer<L.Key>
+            _ src: UnsafePointer<E.Bits>, count: Int, firstCol: Int, keys: UnsafeMutablePointer<L.Key>
         ) {
             if let scale = score.scale {
                 let s = scale + firstCol
@@ -169,7 +167,6 @@ public enum NMMask {
                     keys[i] = src[i] & E.sign == 0 ? magnitude : 0 &- magnitude
                 }
             }
-            for i in 0..<count { keys1[i] = keys[i] &+ 1 }
         }
 
         /// Applies the keep flags (all ones or zero) of `count` elements at element `start`.

@@ -17,17 +17,20 @@ protocol RankLanes {
 }
 
 extension RankLanes {
-    /// `rank` minus one in each lane where `other` beats `key`: `other` is `ahead` in lanes whose
-    /// `position` is below `limit` and `behind1` (a key plus one, so that ties count) elsewhere.
+    /// `rank` minus one in each lane whose partner beats its key: the partner lies `ahead` (a
+    /// greater key beats) in lanes whose `position` is below `limit`, else `behind` (at a lower
+    /// index: an equal key beats too, so it is compared plus one).
     @inline(__always)
-    static func step(_ rank: Lanes, key: Lanes, ahead: Lanes, behind1: Lanes, position: Lanes, limit: Lanes) -> Lanes {
-        // A multiple of -1 or 0: with constant lane positions the compiler emits a blend.
+    static func step(_ rank: Lanes, key: Lanes, ahead: Lanes, behind: Lanes, position: Lanes, limit: Lanes) -> Lanes {
+        let one = Lanes(repeating: 1)
+        let behind1 = multiplyAdd(behind, one, one)
+        // A multiple of -1 or 0: with constant lane positions the compiler can emit a blend.
         let front = greater(limit, position)
         let other = multiplyAdd(behind1, multiplyAdd(behind1, ahead, Lanes(repeating: -1)), front)
-        return multiplyAdd(rank, greater(other, key), Lanes(repeating: 1))
+        return multiplyAdd(rank, greater(other, key), one)
     }
 
-    /// All ones in each lane whose `rank` (a negated count) is above `-n`, else zero.
+    /// All ones in each lane whose `rank` (a negated count) is above `minusN`, else zero.
     @inline(__always) static func kept(_ rank: Lanes, minusN: Lanes) -> Lanes { greater(rank, minusN) }
 }
 
