@@ -48,8 +48,9 @@ static inline uint16_t fz_u16(fz_input *in) { return (uint16_t)(fz_u8(in) | (uin
 static inline uint32_t fz_u32(fz_input *in) { return fz_u16(in) | (uint32_t)fz_u16(in) << 16; }
 static inline uint64_t fz_u64(fz_input *in) { return fz_u32(in) | (uint64_t)fz_u32(in) << 32; }
 
-/* A value in [lo, hi] (inclusive), lo <= hi, hi - lo < 2^32. */
+/* A value in [lo, hi] (inclusive) for hi - lo < 2^32; lo when hi <= lo. */
 static inline int64_t fz_range(fz_input *in, int64_t lo, int64_t hi) {
+    if (hi <= lo) return lo;
     uint64_t span = (uint64_t)(hi - lo) + 1;
     uint64_t raw = span <= 256 ? fz_u8(in) : span <= 65536 ? fz_u16(in) : fz_u32(in);
     return lo + (int64_t)(raw % span);
