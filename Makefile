@@ -11,7 +11,7 @@ RELEASE_FLAGS := -c release -Xswiftc -static-stdlib $(CPU_FLAGS)
 LIB := .build/release/libmsp.so
 export MSP_LIBRARY_PATH := $(CURDIR)/$(LIB)
 
-.PHONY: all deps lib test test-swift test-abi test-c test-python demo bench clean
+.PHONY: all deps lib test test-swift test-abi test-c test-python demo bench fuzz sanitize clean
 
 all: lib
 
@@ -40,6 +40,15 @@ demo: deps lib
 
 bench: deps lib
 	$(PYTHON) examples/bench.py
+
+# libFuzzer targets in Tests/Fuzz against an ASan + coverage build (.build-fuzz), FUZZ_SECONDS each.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) SWIFT=$(SWIFT) bash scripts/fuzz.sh $(FUZZ_TARGETS)
+
+# Swift tests under ASan, the concurrency tests under TSan, Python tests against an ASan libmsp.so.
+sanitize: deps
+	SWIFT=$(SWIFT) PYTHON=$(PYTHON) bash scripts/sanitize.sh $(SANITIZERS)
 
 clean:
 	rm -rf .build

@@ -548,7 +548,8 @@ msp_status msp_search_run(msp_search *search, msp_fitness_fn fitness, msp_progre
  *   costs_out          num_levels doubles.
  *
  * Uses scratch memory of a few rows per thread. Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (the
- * message names the argument, e.g. an N:M level whose m does not divide cols); MSP_ERR_OUT_OF_MEMORY.
+ * message names the argument, e.g. an N:M level whose m does not divide cols, or the level whose
+ * cost overflows to inf or NaN: every cost written is finite); MSP_ERR_OUT_OF_MEMORY.
  */
 msp_status msp_cost_table_energy(const void *weights, msp_dtype dtype, int64_t rows, int64_t cols,
                                  const msp_level *levels, int64_t num_levels, int32_t scope, const float *col_scale,
@@ -562,7 +563,8 @@ msp_status msp_cost_table_energy(const void *weights, msp_dtype dtype, int64_t r
  *   gram   cols x cols finite floats, used as given (symmetry is not checked); cols <= INT32_MAX.
  *   other arguments as for msp_cost_table_energy.
  *
- * Uses scratch memory of a few copies of a block of rows. Returns as msp_cost_table_energy.
+ * Uses scratch memory of a few copies of a block of rows. Returns as msp_cost_table_energy (finite
+ * inputs whose float32 products overflow give MSP_ERR_INVALID_ARGUMENT, not an inf or NaN cost).
  */
 msp_status msp_cost_table_reconstruction(const void *weights, msp_dtype dtype, int64_t rows, int64_t cols,
                                          const msp_level *levels, int64_t num_levels, int32_t scope,

@@ -32,9 +32,16 @@ private struct CostArguments {
     }
 
     /// Copies the computed costs out (the only write to caller memory, after every check passed).
+    /// - Throws: `MSPError.invalidArgument` for a cost that is not finite: finite inputs whose products
+    ///   overflow (float32 in the reconstruction's BLAS product, double in the energy) give inf or NaN,
+    ///   which no caller can use (`msp_solve_additive` rejects them).
     func write(_ values: [Double]) throws {
         guard values.count == costs.count else {
             throw MSPError.invalidState("cost table has \(values.count) entries for \(costs.count) levels")
+        }
+        if let k = values.firstIndex(where: { !$0.isFinite }) {
+            throw MSPError.invalidArgument(
+                "the cost of level \(k) overflows (\(values[k])): scale the weights, diag, scale or gram down")
         }
         _ = costs.update(fromContentsOf: values)
     }
