@@ -89,6 +89,14 @@ def peer_time(run: Callable, restore: Callable, repeats: int) -> float:
     return median_time(run, restore, repeats, warmup=0)
 
 
+def plain_restore(W: torch.Tensor, original: torch.Tensor) -> Callable:
+    """A restore of `W` from `original` that leaves torch's OpenMP pool asleep: after each parallel
+    torch op its threads spin for a while, and would take the cores from the timed call."""
+    as_int = {2: torch.int16, 4: torch.int32}[W.element_size()]
+    dst, src = W.view(as_int).numpy(), original.view(as_int).numpy()
+    return lambda: np.copyto(dst, src)
+
+
 def with_threads(n: int, fn: Callable):
     """Runs `fn()` with msp using `n` threads (0 = all), then restores the previous setting."""
     before = msp.get_num_threads()
@@ -320,7 +328,7 @@ def run_case(case: Case, reference: dict, repeats: int) -> dict:
     if case.scale:
         wanda_case(case, torch.rand(cols, generator=generator) + 0.5)
     W = original.clone()
-    restore = (lambda: None) if case.moved in ("mask", "r") else (lambda: W.copy_(original))
+    restore = (lambda: None) if case.moved in ("mask", "r") else plain_restore(W, original)
     nbytes = W.numel() * W.element_size()
     moved = {"rw": 2 * nbytes, "mask": nbytes + W.numel(), "r": nbytes}[case.moved]
     # One untimed call; a kernel slower than SLOW_PEER_S gets 3 repeats per variant, not `repeats`.
