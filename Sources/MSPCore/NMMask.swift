@@ -94,6 +94,7 @@ public enum NMMask {
         let pattern: NMPattern
         let score: Scorer<E>
 
+        /// Lanes per vector.
         static var width: Int { Lanes.scalarCount }
         /// Elements per block at most: the block's keys, flags and elements stay in L1.
         static var block: Int { 2048 }
@@ -144,6 +145,7 @@ public enum NMMask {
             }
         }
 
+        /// The 32 keys from `p` on.
         @inline(__always) func load(_ p: UnsafePointer<L.Key>) -> Lanes {
             UnsafeRawPointer(p).loadUnaligned(as: Lanes.self)
         }
@@ -157,7 +159,10 @@ public enum NMMask {
         ) {
             if let scale = score.scale {
                 let s = scale + firstCol
-                for i in 0..<count { keys[i] = L.Key(truncatingIfNeeded: (abs(E.widen(src[i])) * s[i]).bitPattern) }
+                // A scale of -0 gives a score of -0: the sign bit is cleared, so it ties with +0.
+                for i in 0..<count {
+                    keys[i] = L.Key(truncatingIfNeeded: (abs(E.widen(src[i])) * s[i]).bitPattern & 0x7FFF_FFFF)
+                }
             } else if score.absolute {
                 for i in 0..<count { keys[i] = L.Key(truncatingIfNeeded: src[i] & ~E.sign) }
             } else {

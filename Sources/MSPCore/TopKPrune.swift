@@ -177,7 +177,8 @@ public enum TopKPrune {
         /// test stays outside the loops: inside, it becomes a masked load of a null pointer.
         @inline(__always) func writeKeys(_ row: UnsafePointer<E.Bits>, _ keys: UnsafeMutablePointer<UInt32>) {
             if let scale = score.scale {
-                for c in 0..<cols { keys[c] = (abs(E.widen(row[c])) * scale[c]).bitPattern }
+                // A scale of -0 gives a score of -0: the sign bit is cleared, so it ties with +0.
+                for c in 0..<cols { keys[c] = (abs(E.widen(row[c])) * scale[c]).bitPattern & 0x7FFF_FFFF }
             } else {
                 for c in 0..<cols { keys[c] = abs(E.widen(row[c])).bitPattern }
             }
