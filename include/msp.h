@@ -160,7 +160,8 @@ msp_status msp_nm_prune(void *weights, msp_dtype dtype, int64_t rows, int64_t co
  * floor(sparsity * group_size) weights with the lowest score |w[r][c]| * col_scale[c] are set to +0
  * (ties: the higher index is pruned first). floor is taken of the double product.
  *
- *   weights, dtype, rows, cols, col_scale, keep_mask_out   as for msp_nm_prune (no cols % m rule).
+ *   weights, dtype, rows, cols, col_scale, keep_mask_out   as for msp_nm_prune (no cols % m rule;
+ *                  cols <= 4294967295).
  *   sparsity       in [0, 1).
  *   scope          MSP_SCOPE_ROW or MSP_SCOPE_LAYER.
  *

@@ -25,14 +25,19 @@ public enum TopKPrune {
     ///   - colScale: `nil` for magnitude scores |w|, else `matrix.cols` finite non-negative factors
     ///     so that the score is |w[r][c]| * colScale[c].
     ///   - keepMask: `nil`, or `matrix.count` bytes written with 1 = keep, 0 = prune.
-    /// - Throws: `MSPError.invalidArgument` for a sparsity outside [0, 1), a NaN weight or score or
-    ///   a bad `colScale` (nothing is written then); `MSPError.outOfMemory`.
+    /// - Throws: `MSPError.invalidArgument` for a sparsity outside [0, 1), more than 2^32 - 1
+    ///   columns, a NaN weight or score or a bad `colScale` (nothing is written then);
+    ///   `MSPError.outOfMemory`.
     public static func prune(
         weights: UnsafeMutableRawPointer, _ matrix: Matrix, sparsity: Double, scope: TopKScope,
         colScale: UnsafeBufferPointer<Float>?, keepMask: UnsafeMutablePointer<UInt8>?
     ) throws {
         guard sparsity >= 0, sparsity < 1 else {
             throw MSPError.invalidArgument("sparsity (\(sparsity)) must be in [0, 1)")
+        }
+        // Selection orders (key, column) pairs in 64 bits and counts a row in 32-bit histograms.
+        guard matrix.cols <= Int(UInt32.max) else {
+            throw MSPError.invalidArgument("cols (\(matrix.cols)) must be at most \(UInt32.max)")
         }
         try validateColScale(colScale)
         let rule = ScoreRule.magnitude(colScale: colScale)

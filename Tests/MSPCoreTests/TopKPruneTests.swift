@@ -7,7 +7,7 @@ struct TopKPruneTests {
 
     @Test(arguments: ElementType.allCases, sparsities)
     func perRowAndPerLayer(type: ElementType, sparsity: Double) throws {
-        for (rows, cols) in [(1, 1), (1, 37), (9, 64), (33, 130)] {
+        for (rows, cols) in [(1, 1), (1, 37), (9, 64), (33, 130), (2, 5000)] {  // 5000: buckets narrowed
             for scope in [TopKScope.row, .layer] {
                 for scaled in [false, true] {
                     var rng = SplitMix64(seed: UInt64(rows * cols))
@@ -61,6 +61,17 @@ struct TopKPruneTests {
         }
         try Threads.set(0)
         #expect(Set(results).count == 1)
+    }
+
+    /// Columns past what the selection's 32-bit column order holds are refused before any read.
+    @Test func tooManyColumns() {
+        var tiny: Float = 1
+        #expect(throws: MSPError.self) {
+            try TopKPrune.prune(
+                weights: &tiny, Matrix(rows: 1, cols: 1 << 32, type: .f32), sparsity: 0.5, scope: .row,
+                colScale: nil, keepMask: nil)
+        }
+        #expect(tiny == 1)
     }
 
     static let badSparsities: [Double] = [-0.1, 1.0, .nan, .infinity]

@@ -112,20 +112,10 @@ class Plan:
         for i, s in enumerate(sizes):
             if s <= 0:
                 raise ValueError(f"sizes[{i}] ({s}) must be > 0")
-        self.levels = levels
-        self.level_set = level_set
-        self.sizes = sizes
-        self.sparsity = [level_set[k].sparsity for k in levels]
-        self.nm = [level_set[k].pattern for k in levels]
-        total = sum(sizes)
-        self.average_sparsity = math.fsum(s * p for s, p in zip(sizes, self.sparsity)) / total
-        self.fitness = optional_real(fitness, "fitness")
-        self.history = [float(h) for h in history]
-        self.evaluations = integer(evaluations, "evaluations")
-        self.target = optional_real(target, "target")
-        self.method = None if method is None else str(method)
-        self.params = dict(params) if params else {}
-        self.seed = None if seed is None else integer(seed, "seed")
+        self._fill(
+            levels, _LevelTable(level_set, sizes), optional_real(fitness, "fitness"), history,
+            integer(evaluations, "evaluations"), optional_real(target, "target"), method, params,
+            None if seed is None else integer(seed, "seed"))
 
     @classmethod
     def _of_checked(
@@ -148,20 +138,29 @@ class Plan:
         level set, and the other fields must already be of the right types.
         """
         plan = cls.__new__(cls)
-        plan.levels = levels
-        plan.level_set = list(table.level_set)
-        plan.sizes = list(table.sizes)
-        plan.sparsity = [table.sparsity[k] for k in levels]
-        plan.nm = [table.nm[k] for k in levels]
-        plan.average_sparsity = math.fsum(map(operator.mul, table.sizes, plan.sparsity)) / table.total
-        plan.fitness = None if fitness is None else float(fitness)
-        plan.history = [float(h) for h in history]
-        plan.evaluations = int(evaluations)
-        plan.target = None if target is None else float(target)
-        plan.method = None if method is None else str(method)
-        plan.params = dict(params) if params else {}
-        plan.seed = None if seed is None else int(seed)
+        plan._fill(
+            levels, table, None if fitness is None else float(fitness), history, int(evaluations),
+            None if target is None else float(target), method, params, None if seed is None else int(seed))
         return plan
+
+    def _fill(
+        self, levels: list[int], table: "_LevelTable", fitness: float | None, history: Iterable[float],
+        evaluations: int, target: float | None, method: str | None, params: dict | None, seed: int | None,
+    ) -> None:
+        """Sets every field from checked indices and normalised metadata."""
+        self.levels = levels
+        self.level_set = list(table.level_set)
+        self.sizes = list(table.sizes)
+        self.sparsity = [table.sparsity[k] for k in levels]
+        self.nm = [table.nm[k] for k in levels]
+        self.average_sparsity = math.fsum(map(operator.mul, table.sizes, self.sparsity)) / table.total
+        self.fitness = fitness
+        self.history = [float(h) for h in history]
+        self.evaluations = evaluations
+        self.target = target
+        self.method = None if method is None else str(method)
+        self.params = dict(params) if params else {}
+        self.seed = seed
 
     # --- views ------------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 
 import msp
 from msp.errors import InvalidArgumentError, InvalidStateError, MSPCancelled, MSPError
+from masking_reference import ref_nm_keep, ref_topk_keep
 
 try:
     import torch
@@ -183,26 +184,6 @@ def matrices(draw, max_rows=5, max_cols=40, cols=None, friendly=False):
 
 
 # --- the masking reference ------------------------------------------------------------------------
-
-
-def keep_first(scores, k):
-    order = np.argsort(-scores, axis=-1, kind="stable")
-    keep = np.zeros(scores.shape, bool)
-    np.put_along_axis(keep, order[..., :k], True, axis=-1)
-    return keep
-
-
-def ref_nm_keep(scores, n, m):
-    rows, cols = scores.shape
-    return keep_first(scores.reshape(rows, cols // m, m), n).reshape(rows, cols)
-
-
-def ref_topk_keep(scores, sparsity, scope):
-    rows, cols = scores.shape
-    if scope == "row":
-        return keep_first(scores, cols - int(np.floor(sparsity * cols)))
-    flat = scores.reshape(1, -1)
-    return keep_first(flat, flat.size - int(np.floor(sparsity * flat.size))).reshape(rows, cols)
 
 
 def prune_scores(w32, scale):

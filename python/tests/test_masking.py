@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import msp
+from masking_reference import ref_nm_keep, ref_topk_keep
 
 try:
     import torch
@@ -131,27 +132,6 @@ def ref_scores(w32, col_scale):
         s = s * np.asarray(col_scale, np.float32)[None, :]
     assert s.dtype == np.float32
     return s
-
-
-def keep_first(scores, k):
-    """Keep mask of the first ``k`` of each row of ``scores`` ordered by score desc, index asc."""
-    order = np.argsort(-scores, axis=-1, kind="stable")
-    keep = np.zeros(scores.shape, bool)
-    np.put_along_axis(keep, order[..., :k], True, axis=-1)
-    return keep
-
-
-def ref_nm_keep(scores, n, m):
-    rows, cols = scores.shape
-    return keep_first(scores.reshape(rows, cols // m, m), n).reshape(rows, cols)
-
-
-def ref_topk_keep(scores, sparsity, scope):
-    rows, cols = scores.shape
-    if scope == "row":
-        return keep_first(scores, cols - int(np.floor(sparsity * cols)))
-    flat = scores.reshape(1, -1)
-    return keep_first(flat, flat.size - int(np.floor(sparsity * flat.size))).reshape(rows, cols)
 
 
 def as_numpy_mask(mask, like):
