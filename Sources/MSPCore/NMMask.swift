@@ -66,7 +66,7 @@ public enum NMMask {
             pattern: pattern, score: Scorer<E>(rule))
         _ = try Threads.map(matrix.rows, minimumPerThread: max(1, 65536 / matrix.cols)) { rows in
             try withScratch(L.Key.self, Kernel<E, L>.scratchCount) { scratch in
-                // Literal group sizes let the rank loop unroll.
+                // Literal group sizes make the lane rotations constant shuffles.
                 switch pattern.m {
                 case 2: kernel.rows(rows, GroupSize<2>.self, scratch: scratch)
                 case 4: kernel.rows(rows, GroupSize<4>.self, scratch: scratch)
@@ -80,11 +80,13 @@ public enum NMMask {
 
     /// One N:M masking job on 32-lane vectors of order keys.
     ///
-    /// A row is handled in blocks of `block` elements whose keys go to scratch. Member p of a group
-    /// is then ranked against member (p + d) mod m, for d in 1..<m, all lanes at once: lanes whose
-    /// partner lies ahead load it at offset d (a greater key beats them), lanes whose partner
-    /// wrapped around load it at offset d - m (an equal key, at a lower index, beats them too). A
-    /// vector covers whole groups only, so it advances by the largest multiple of m within 32 lanes.
+    /// Member p of a group is ranked against member (p + d) mod m, for d in 1..<m, all lanes at
+    /// once: a partner ahead beats on a greater key, a partner that wrapped around (at a lower
+    /// index) on an equal key too. Group sizes 2, 4, 8 and 16 take the partners from constant lane
+    /// rotations of the vector itself, and unscaled magnitudes as wide as the elements are ranked
+    /// straight from the loaded elements. Other cases write a row's keys to scratch block by
+    /// block and load each partner at offset d or d - m; a vector then covers whole groups only,
+    /// so it advances by the largest multiple of m within 32 lanes.
     private struct Kernel<E: Element, L: RankLanes> {
         typealias Lanes = L.Lanes
         let source: UnsafePointer<E.Bits>
@@ -103,41 +105,109 @@ public enum NMMask {
         /// Keys and keep flags of one block.
         static var scratchCount: Int { 2 * (block + 2 * margin) }
 
-        /// Masks `rows` with the group size fixed at compile time.
+        /// Masks `rows` with a group size that divides the vector width, fixed at compile time:
+        /// each vector's keys are ranked against lane rotations of themselves.
         func rows<let M: Int>(_ rows: Range<Int>, _: GroupSize<M>.Type, scratch: UnsafeMutablePointer<L.Key>) {
-            self.rows(rows, m: M, scratch: scratch)
+            if score.absolute, score.scale == nil, MemoryLayout<E.Bits>.size == MemoryLayout<L.Key>.size {
+                return magnitudeRows(rows, GroupSize<M>.self, flags: scratch)
+            }
+            blocks(rows, scratch: scratch, step: Self.width) { rotationRank(load($0), GroupSize<M>.self) }
         }
 
-        /// Masks `rows` block by block; `m` is the group size.
+        /// Masks `rows` by unscaled magnitude with keys as wide as the elements: a vector's keys
+        /// are its elements without the sign bit, so each vector is loaded, ranked and written
+        /// back in registers. Rows hold whole groups, so the rows are one run of groups; it goes in
+        /// blocks whose flags collect in scratch for the keep mask.
+        func magnitudeRows<let M: Int>(_ rows: Range<Int>, _: GroupSize<M>.Type, flags: UnsafeMutablePointer<L.Key>) {
+            let magnitude = Lanes(repeating: L.Key(truncatingIfNeeded: ~E.sign))
+            let minusN = Lanes(repeating: L.Key(-pattern.n))
+            let end = rows.upperBound &* cols
+            for first in Swift.stride(from: rows.lowerBound &* cols, to: end, by: Self.block) {
+                let count = min(Self.block, end &- first)
+                var i = 0
+                while i < count {
+                    // A short last vector (whole groups) is padded with zeros.
+                    let lanes = min(Self.width, count &- i)
+                    var bits = Lanes()
+                    if lanes == Self.width {
+                        bits = UnsafeRawPointer(source + (first &+ i)).loadUnaligned(as: Lanes.self)
+                    } else {
+                        for j in 0..<lanes { bits[j] = L.Key(truncatingIfNeeded: source[first &+ i &+ j]) }
+                    }
+                    let keep = L.kept(rotationRank(L.and(bits, magnitude), GroupSize<M>.self), minusN: minusN)
+                    if let target {
+                        let kept = L.and(bits, keep)
+                        if lanes == Self.width {
+                            UnsafeMutableRawPointer(target + (first &+ i)).storeBytes(of: kept, as: Lanes.self)
+                        } else {
+                            for j in 0..<lanes { target[first &+ i &+ j] = E.Bits(truncatingIfNeeded: kept[j]) }
+                        }
+                    }
+                    UnsafeMutableRawPointer(flags + i).storeBytes(of: keep, as: Lanes.self)
+                    i &+= Self.width
+                }
+                writeMask(flags, count: count, at: first)
+            }
+        }
+
+        /// The negated count of partners that beat each lane of `key` in its group of `M`.
+        @inline(__always)
+        func rotationRank<let M: Int>(_ key: Lanes, _: GroupSize<M>.Type) -> Lanes {
+            var rank = Lanes(repeating: L.Key(truncatingIfNeeded: -((M &- 1) / 2)))
+            rank = L.rotationStep(rank, key: key, m: M, d: 1)
+            rank = L.rotationStep(rank, key: key, m: M, d: 2)
+            rank = L.rotationStep(rank, key: key, m: M, d: 3)
+            rank = L.rotationStep(rank, key: key, m: M, d: 4)
+            rank = L.rotationStep(rank, key: key, m: M, d: 5)
+            rank = L.rotationStep(rank, key: key, m: M, d: 6)
+            rank = L.rotationStep(rank, key: key, m: M, d: 7)
+            rank = L.rotationStep(rank, key: key, m: M, d: 8)
+            return rank
+        }
+
+        /// Masks `rows` for any group size `m`: member p of a group is ranked against member
+        /// (p + d) mod m by loads at offsets d and d - m, as the type's description says.
         @inline(__always)
         func rows(_ rows: Range<Int>, m: Int, scratch: UnsafeMutablePointer<L.Key>) {
+            // Each lane's position in its group.
+            var position = Lanes()
+            for lane in 0..<Self.width { position[lane] = L.Key(truncatingIfNeeded: lane % m) }
+            blocks(rows, scratch: scratch, step: Self.width / m * m) { keys in
+                let key = load(keys)
+                var rank = Lanes()
+                for d in 1..<m {
+                    // Index arithmetic wraps (&+): every index is within the block and its margins.
+                    let ahead: Lanes = load(keys + d)
+                    let behind: Lanes = load(keys + (d &- m))
+                    let limit = Lanes(repeating: L.Key(truncatingIfNeeded: m &- d))
+                    rank = L.step(rank, key: key, ahead: ahead, behind: behind, position: position, limit: limit)
+                }
+                return rank
+            }
+        }
+
+        /// Masks `rows` block by block: writes a block's keys to scratch, then the keep flags of
+        /// each vector of `step` lanes (whole groups) from `rank(keys)`, the negated count of
+        /// partners that beat each lane, and applies them.
+        @inline(__always)
+        func blocks(
+            _ rows: Range<Int>, scratch: UnsafeMutablePointer<L.Key>, step: Int,
+            rank: (UnsafePointer<L.Key>) -> Lanes
+        ) {
             let stride = Self.block + 2 * Self.margin
             scratch.initialize(repeating: 0, count: Self.scratchCount)
             let keys = scratch + Self.margin, flags = keys + stride
-            // Each lane's position in its group: constant once `m` is.
-            var position = Lanes()
-            for lane in 0..<Self.width { position[lane] = L.Key(truncatingIfNeeded: lane % m) }
             let minusN = Lanes(repeating: L.Key(-pattern.n))
-            let step = Self.width / m * m
             let block = Self.block / step * step
             for r in rows {
                 for first in Swift.stride(from: 0, to: cols, by: block) {
                     let count = min(block, cols &- first)
                     let start = r &* cols &+ first
                     writeKeys(source + start, count: count, firstCol: first, keys: keys)
-                    // Index arithmetic wraps (&+): every index is within the block and its margins.
                     var i = 0
                     while i < count {
-                        let key = load(keys + i)
-                        var rank = Lanes()
-                        for d in 1..<m {
-                            let ahead: Lanes = load(keys + (i &+ d))
-                            let behind: Lanes = load(keys + (i &+ d &- m))
-                            let limit = Lanes(repeating: L.Key(truncatingIfNeeded: m &- d))
-                            rank = L.step(
-                                rank, key: key, ahead: ahead, behind: behind, position: position, limit: limit)
-                        }
-                        UnsafeMutableRawPointer(flags + i).storeBytes(of: L.kept(rank, minusN: minusN), as: Lanes.self)
+                        UnsafeMutableRawPointer(flags + i).storeBytes(
+                            of: L.kept(rank(keys + i), minusN: minusN), as: Lanes.self)
                         i &+= step
                     }
                     apply(flags, count: count, at: start)
@@ -183,10 +253,16 @@ public enum NMMask {
                 let out = target + start
                 for i in 0..<count { out[i] &= E.Bits(truncatingIfNeeded: flags[i]) }
             }
-            if let mask {
-                let out = mask + start
-                for i in 0..<count { out[i] = UInt8(truncatingIfNeeded: flags[i]) & 1 }
-            }
+            writeMask(flags, count: count, at: start)
+        }
+
+        /// Writes the keep flags (all ones or zero) of `count` elements at element `start` to
+        /// the keep mask, if there is one.
+        @inline(__always)
+        func writeMask(_ flags: UnsafePointer<L.Key>, count: Int, at start: Int) {
+            guard let mask else { return }
+            let out = mask + start
+            for i in 0..<count { out[i] = UInt8(truncatingIfNeeded: flags[i]) & 1 }
         }
     }
 }

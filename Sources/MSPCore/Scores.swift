@@ -45,21 +45,18 @@ struct Scorer<E: Element> {
         }
     }
 
-    /// Whether any of `count` consecutive elements from column `firstCol` on scores NaN.
+    /// Whether any of `count` consecutive elements from column `firstCol` on scores NaN: a NaN
+    /// element, or an infinite one in a column scaled by zero.
     ///
     /// A maximum of magnitude bits (NaN patterns are the largest) rather than a test per element:
     /// the compiler turns a per-element test into an early-exit search, which does not vectorise.
+    /// Only a run that holds an infinity looks at the scale.
     @inline(__always)
     func anyNaN(_ src: UnsafePointer<E.Bits>, count: Int, firstCol: Int) -> Bool {
-        if let scale {
-            let s = scale + firstCol
-            var largest: UInt32 = 0
-            for i in 0..<count { largest = max(largest, (abs(E.widen(src[i])) * s[i]).bitPattern & 0x7FFF_FFFF) }
-            return largest > 0x7F80_0000
-        }
         var largest: E.Bits = 0
         for i in 0..<count { largest = max(largest, src[i] & ~E.sign) }
-        return largest > E.infinity
+        guard largest == E.infinity, let scale else { return largest > E.infinity }
+        return (0..<count).contains { src[$0] & ~E.sign == E.infinity && scale[firstCol &+ $0] == 0 }
     }
 
     /// The float32 score of an element stored as `bits` in column `c`.
