@@ -5,11 +5,12 @@
 ///
 /// Every element is widened exactly to `Double` and squared there, which is exact for all three
 /// formats (a 24-bit significand squared fits in 53 bits). The buffer is cut into blocks of
-/// `blockSize` elements at fixed offsets. Within a block, lane `j` of an 8-wide vector takes the
-/// elements with index ≡ `j` mod 8; each lane sums runs of `run` squares plainly (the vectorised inner
-/// loop) and adds every run's sum to its own Neumaier-compensated total. Block sums are then combined
-/// in block order with Neumaier's compensated summation. Threads only decide who computes which
-/// block sums, never how they are combined, so the result is bit-identical for any thread count.
+/// `blockSize` elements at fixed offsets. Within a block, lane `j` of a 16-wide vector (four
+/// independent chains of fused multiply-adds) takes the elements with index ≡ `j` mod 16; each lane
+/// sums runs of `run` squares plainly (the vectorised inner loop) and adds every run's sum to its own
+/// Neumaier-compensated total. Block sums are then combined in block order with Neumaier's
+/// compensated summation. Threads only decide who computes which block sums, never how they are
+/// combined, so the result is bit-identical for any thread count.
 ///
 /// Error bound: terms are non-negative, so a run's plain sum is within `run · 2⁻⁵³` relative of its
 /// exact value, and compensated additions contribute about 2⁻⁵² more: the result is within about
@@ -22,9 +23,9 @@ public enum SumSquares {
     /// Elements per block: the unit of threading and of the compensated combination.
     static let blockSize = 4096
     /// Independent accumulators (vector lanes) per block.
-    static let lanes = 8
+    static let lanes = 16
     /// Squares summed plainly per lane before each compensated addition.
-    static let run = 16
+    static let run = 8
     /// Blocks per thread at least (about 512 Ki elements): smaller buffers stay on one thread.
     static let minimumBlocksPerThread = 128
 
@@ -103,38 +104,38 @@ public enum SumSquares {
     /// its Neumaier-compensated total; the lane totals are combined in lane order.
     @inline(__always)
     private static func blockSum<E: Element>(_: E.Type, _ p: UnsafePointer<E.Bits>, _ n: Int) -> Double {
-        var sum = SIMD8<Double>(), compensation = SIMD8<Double>()
-        @inline(__always) func add(_ part: SIMD8<Double>) {
+        var sum = SIMD16<Double>(), compensation = SIMD16<Double>()
+        @inline(__always) func add(_ part: SIMD16<Double>) {
             // Terms are non-negative, so Neumaier's |sum| >= |part| test is sum >= part.
             let t = sum + part
             compensation += ((sum - t) + part).replacing(with: (part - t) + sum, where: sum .< part)
             sum = t
         }
-        @inline(__always) func load(_ i: Int) -> SIMD8<Double> {
-            var x = SIMD8<Double>()
+        @inline(__always) func load(_ i: Int) -> SIMD16<Double> {
+            var x = SIMD16<Double>()
             for j in 0..<lanes { x[j] = Double(E.widen(p[i + j])) }
             return x
         }
         let step = lanes * run
         var i = 0
         while i + step <= n {
-            var part = SIMD8<Double>()
+            var part = SIMD16<Double>()
             for k in 0..<run {
                 let x = load(i + k * lanes)
-                part += x * x  // exact squares: the same as a fused multiply-add, on any CPU
+                part = part.addingProduct(x, x)  // a fused multiply-add: the square is exact anyway
             }
             add(part)
             i += step
         }
-        var part = SIMD8<Double>()
+        var part = SIMD16<Double>()
         while i + lanes <= n {
             let x = load(i)
-            part += x * x
+            part = part.addingProduct(x, x)
             i += lanes
         }
-        var x = SIMD8<Double>()
+        var x = SIMD16<Double>()
         for j in 0..<(n - i) { x[j] = Double(E.widen(p[i + j])) }
-        part += x * x
+        part = part.addingProduct(x, x)
         add(part)
         var total = 0.0, totalCompensation = 0.0
         for j in 0..<lanes {
