@@ -60,8 +60,8 @@ extension RankLanes {
         return multiplyAdd(rank, rotated(beaten, m: m, d: m &- d), Lanes(repeating: -1))
     }
 
-    /// Lane p of `v`'s group of `m` becomes lane (p + d) mod m, for `m` and `d` known at compile
-    /// time.
+    /// `v` with each lane p of a group of `m` replaced by lane (p + d) mod m of the same group,
+    /// for `m` and `d` known at compile time.
     @inline(__always)
     static func rotated(_ v: Lanes, m: Int, d: Int) -> Lanes {
         @inline(__always) func at(_ i: Int) -> Key { v[i &- i % m &+ (i % m &+ d) % m] }
