@@ -117,7 +117,7 @@ public enum NMMask {
         /// Masks `rows` by unscaled magnitude with keys as wide as the elements: a vector's keys
         /// are its elements without the sign bit, so each vector is loaded, ranked and written
         /// back in registers. Rows hold whole groups, so the rows are one run of groups; it goes in
-        /// blocks whose flags collect in scratch for the keep mask.
+        /// blocks whose flags collect in scratch when there is a keep mask to write.
         func magnitudeRows<let M: Int>(_ rows: Range<Int>, _: GroupSize<M>.Type, flags: UnsafeMutablePointer<L.Key>) {
             let magnitude = Lanes(repeating: L.Key(truncatingIfNeeded: ~E.sign))
             let minusN = Lanes(repeating: L.Key(-pattern.n))
@@ -143,7 +143,7 @@ public enum NMMask {
                             for j in 0..<lanes { target[first &+ i &+ j] = E.Bits(truncatingIfNeeded: kept[j]) }
                         }
                     }
-                    UnsafeMutableRawPointer(flags + i).storeBytes(of: keep, as: Lanes.self)
+                    if mask != nil { UnsafeMutableRawPointer(flags + i).storeBytes(of: keep, as: Lanes.self) }
                     i &+= Self.width
                 }
                 writeMask(flags, count: count, at: first)

@@ -86,6 +86,27 @@ struct NMMaskTests {
         #expect(explicit == reference(scores, n: n, m: m, score: scores.value))
     }
 
+    /// An infinite weight is the largest score, and an error (its score is NaN) only in a column
+    /// scaled by zero, even when another column of its row is scaled by zero.
+    @Test(arguments: ElementType.allCases)
+    func infiniteWeightIsAnErrorOnlyUnderAZeroScale(type: ElementType) throws {
+        var values = (0..<16).map { Float($0 % 5) - 2 }
+        values[9] = -.infinity  // row 1, column 1
+        var scale: [Float] = [1, 3, 0, 1, 2, 0.5, 0, 1]
+        try checkPrune(type: type, n: 2, m: 4, rows: 2, cols: 8, values: values, scale: scale)
+        scale[1] = 0
+        var t = TestMatrix(rows: 2, cols: 8, type: type, values: values)
+        let before = t.bits
+        #expect(throws: MSPError.invalidArgument("score of weights[1][1] is NaN (weight -inf times col_scale[1] = 0)")) {
+            try scale.withUnsafeBufferPointer { s in
+                try t.withBuffer { p, shape in
+                    try NMMask.prune(weights: p, shape, pattern: NMPattern(n: 2, m: 4), colScale: s, keepMask: nil)
+                }
+            }
+        }
+        #expect(t.bits == before)
+    }
+
     @Test func sameResultForEveryThreadCount() throws {
         let rows = 301, cols = 512
         let values = hardValues(rows * cols, type: .bf16, seed: 7)
