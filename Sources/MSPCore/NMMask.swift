@@ -98,8 +98,9 @@ public enum NMMask {
 
         /// Lanes per vector.
         static var width: Int { Lanes.scalarCount }
-        /// Elements per block at most: the block's keys, flags and elements stay in L1.
-        static var block: Int { 2048 }
+        /// Elements per block at most. Small, so that loading one block's elements overlaps
+        /// ranking the last one's (512 measured 5-20% faster than 2048 on scaled scores).
+        static var block: Int { 512 }
         /// Scratch keys before and after a block's, read by the first and last vectors.
         static var margin: Int { width + NMPattern.maxM }
         /// Keys and keep flags of one block.
