@@ -93,11 +93,20 @@ public enum TopKPrune {
                             let row = data + r &* cols
                             writeKeys(row, keys)
                             let (bucket, above) = thresholdBucket(keys, keep: keep, histograms: scratch + cols)
-                            // Branch-free: a bucket can hold a large share of the row.
                             var count = 0
-                            for c in 0..<cols {
-                                candidates[count] = order(keys[c], c)
-                                count &+= Int(keys[c] &>> Self.digitShift) == bucket ? 1 : 0
+                            @inline(__always) func member(_ c: Int) -> Bool { Int(keys[c] &>> Self.digitShift) == bucket }
+                            if Int(scratch[cols &+ bucket]) <= cols / 16 {
+                                // A few members: the branch is mostly not taken, so it predicts well.
+                                for c in 0..<cols where member(c) {
+                                    candidates[count] = order(keys[c], c)
+                                    count &+= 1
+                                }
+                            } else {
+                                // Branch-free: a bucket can hold a large share of the row.
+                                for c in 0..<cols {
+                                    candidates[count] = order(keys[c], c)
+                                    count &+= member(c) ? 1 : 0
+                                }
                             }
                             let last = Self.select(candidates, count: count, rank: keep &- above, histogram: scratch + cols)
                             applyRow(row, keys: keys, last: last, maskRow: mask.map { $0 + r &* cols })
