@@ -9,6 +9,8 @@ struct RadixSelect {
     private(set) var prefix: UInt32 = 0
     /// How many high bits are decided.
     private(set) var decidedBits = 0
+    /// Ones in the decided high bits.
+    private var decidedMask: UInt32 = 0
     /// The wanted rank among the keys that match `prefix`.
     private(set) var rank: Int
 
@@ -23,13 +25,12 @@ struct RadixSelect {
     var ties: Int { rank }
 
     /// Whether `key` agrees with the decided high bits.
-    @inline(__always) func matches(_ key: UInt32) -> Bool {
-        decidedBits == 0 || key >> UInt32(32 - decidedBits) == prefix >> UInt32(32 - decidedBits)
-    }
+    @inline(__always) func matches(_ key: UInt32) -> Bool { key & decidedMask == prefix }
 
-    /// The next `bits`-bit digit of `key`.
+    /// The next `bits`-bit digit of `key`. Masking shifts and wrapping arithmetic: this runs once
+    /// per key, and `bits` is at most the undecided width.
     @inline(__always) func digit(_ key: UInt32, bits: Int) -> Int {
-        Int((key >> UInt32(32 - decidedBits - bits)) & UInt32((1 << bits) - 1))
+        Int(truncatingIfNeeded: (key &>> UInt32(truncatingIfNeeded: 32 &- decidedBits &- bits)) & (UInt32(1) &<< UInt32(truncatingIfNeeded: bits) &- 1))
     }
 
     /// Decides the next `bits` bits from `histogram(d)`, the number of matching keys whose next
@@ -41,6 +42,7 @@ struct RadixSelect {
                 prefix |= UInt32(b) << UInt32(32 - decidedBits - bits)
                 rank -= above
                 decidedBits += bits
+                decidedMask = UInt32.max << UInt32(32 - decidedBits)
                 return
             }
             above += histogram(b)
