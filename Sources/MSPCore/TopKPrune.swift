@@ -93,20 +93,11 @@ public enum TopKPrune {
                             let row = data + r &* cols
                             writeKeys(row, keys)
                             let (bucket, above) = thresholdBucket(keys, keep: keep, histograms: scratch + cols)
+                            // Branch-free: a bucket can hold a large share of the row.
                             var count = 0
-                            @inline(__always) func member(_ c: Int) -> Bool { Int(keys[c] &>> Self.digitShift) == bucket }
-                            if Int(scratch[cols &+ bucket]) <= cols / 16 {
-                                // A few members: the branch is mostly not taken, so it predicts well.
-                                for c in 0..<cols where member(c) {
-                                    candidates[count] = order(keys[c], c)
-                                    count &+= 1
-                                }
-                            } else {
-                                // Branch-free: a bucket can hold a large share of the row.
-                                for c in 0..<cols {
-                                    candidates[count] = order(keys[c], c)
-                                    count &+= member(c) ? 1 : 0
-                                }
+                            for c in 0..<cols {
+                                candidates[count] = order(keys[c], c)
+                                count &+= Self.equal(Int(keys[c] &>> Self.digitShift), bucket)
                             }
                             let last = Self.select(candidates, count: count, rank: keep &- above, histogram: scratch + cols)
                             applyRow(row, keys: keys, last: last, maskRow: mask.map { $0 + r &* cols })
@@ -178,13 +169,19 @@ public enum TopKPrune {
                 var kept = 0
                 for i in 0..<count {
                     orders[kept] = orders[i]
-                    kept &+= digit(i) == bucket ? 1 : 0
+                    kept &+= equal(digit(i), bucket)
                 }
                 count = kept
             }
             var members = UnsafeMutableBufferPointer(start: orders, count: count)
             members.sort(by: >)
             return members[rank &- 1]
+        }
+
+        /// 1 when the non-negative `a` and `b` are equal, else 0, computed without a comparison,
+        /// which in the compaction loops compiles to a branch that rows of mixed digits mispredict.
+        @inline(__always) static func equal(_ a: Int, _ b: Int) -> Int {
+            Int(bitPattern: UInt(bitPattern: (a ^ b) &- 1) &>> 63)
         }
 
         /// Writes the magnitude score keys of a row (the bits of non-NaN floats >= 0). The scale
