@@ -25,7 +25,7 @@ public enum SumSquares {
     /// Independent accumulators (vector lanes) per block.
     static let lanes = 16
     /// Squares summed plainly per lane before each compensated addition.
-    static let run = 8
+    static let run = 16
     /// Blocks per thread at least (about 512 Ki elements): smaller buffers stay on one thread.
     static let minimumBlocksPerThread = 128
 

@@ -108,8 +108,8 @@ struct GradientBuffer {
 
 @Suite("Sums of squares are exact to a few ulps and independent of threads")
 struct SumSquaresTests {
-    /// Lengths around the lane (16), run (16 x 8 = 128) and block (4096) boundaries.
-    static let counts = [1, 2, 7, 8, 9, 15, 16, 17, 127, 128, 129, 4095, 4096, 4097, 3 * 4096 + 5, 40_000]
+    /// Lengths around the lane (16), run (16 x 16 = 256) and block (4096) boundaries.
+    static let counts = [1, 2, 7, 8, 9, 15, 16, 17, 127, 128, 129, 255, 256, 257, 4095, 4096, 4097, 3 * 4096 + 5, 40_000]
 
     func sum(_ buffer: GradientBuffer, count: Int? = nil) throws -> Double {
         try buffer.withBytes { try SumSquares.sum($0, type: buffer.type, count: count ?? buffer.count) }
