@@ -86,20 +86,26 @@ public enum TopKPrune {
         func pruneRows(_ rows: Int, keep: Int) throws {
             let bins = Self.bins
             _ = try Threads.map(rows, minimumPerThread: max(1, 16384 / cols)) { range in
-                try withScratch(UInt32.self, cols + 4 * bins) { scratch in
+                // A row's keys, the columns of its threshold bucket, and histograms.
+                try withScratch(UInt32.self, 2 * cols + 4 * bins) { scratch in
                     try withScratch(UInt64.self, cols) { candidates in
-                        let keys = scratch
+                        let keys = scratch, members = scratch + cols, histograms = scratch + 2 * cols
                         for r in range {
                             let row = data + r &* cols
                             writeKeys(row, keys)
-                            let (bucket, above) = thresholdBucket(keys, keep: keep, histograms: scratch + cols)
-                            // Branch-free: a bucket can hold a large share of the row.
+                            let (bucket, above) = thresholdBucket(keys, keep: keep, histograms: histograms)
+                            // Branch-free: a bucket can hold a large share of the row. Only the
+                            // column is stored per weight; the members' orders are built after.
                             var count = 0
                             for c in 0..<cols {
-                                candidates[count] = order(keys[c], c)
+                                members[count] = UInt32(truncatingIfNeeded: c)
                                 count &+= Self.equal(Int(keys[c] &>> Self.digitShift), bucket)
                             }
-                            let last = Self.select(candidates, count: count, rank: keep &- above, histogram: scratch + cols)
+                            for i in 0..<count {
+                                let c = Int(members[i])
+                                candidates[i] = order(keys[c], c)
+                            }
+                            let last = Self.select(candidates, count: count, rank: keep &- above, histogram: histograms)
                             applyRow(row, keys: keys, last: last, maskRow: mask.map { $0 + r &* cols })
                         }
                     }
