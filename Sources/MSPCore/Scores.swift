@@ -97,7 +97,8 @@ func validateScores(
     }
 }
 
-private func validateScores<E: Element>(
+/// `validateScores(_:_:_:name:)` for a scorer of matrix's element type.
+func validateScores<E: Element>(
     _ data: UnsafeRawPointer, _ matrix: Matrix, _ score: Scorer<E>, name: String
 ) throws {
     let cols = matrix.cols

@@ -41,7 +41,8 @@ public enum TopKPrune {
         }
         try validateColScale(colScale)
         let rule = ScoreRule.magnitude(colScale: colScale)
-        try validateScores(weights, matrix, rule, name: "weights")
+        // The layer kernel screens for NaN scores in its first pass over the weights.
+        if scope == .row { try validateScores(weights, matrix, rule, name: "weights") }
         switch matrix.type {
         case .f32: try prune(F32.self, weights, matrix, sparsity, scope, rule, keepMask)
         case .f16: try prune(F16.self, weights, matrix, sparsity, scope, rule, keepMask)
@@ -62,7 +63,7 @@ public enum TopKPrune {
             try kernel.pruneRows(matrix.rows, keep: keep)
         case .layer:
             let keep = matrix.count - prunedCount(sparsity: sparsity, of: matrix.count)
-            try kernel.pruneLayer(matrix.rows, keep: keep)
+            try kernel.pruneLayer(matrix, keep: keep)
         }
     }
 
@@ -221,36 +222,39 @@ public enum TopKPrune {
             }
         }
 
-        /// Keeps `keep` weights in the whole matrix of `rows` rows.
-        func pruneLayer(_ rows: Int, keep: Int) throws {
-            let chunks = Threads.chunks(rows, minimumPerThread: max(1, 65536 / cols))
-            let digits = [11, 11, 10]
+        /// Keeps `keep` weights in the whole matrix, by the 31-bit keys of `forKeys`: a histogram of
+        /// their high 15 bits (which also screens for NaN scores before anything is written), one
+        /// of the low 16 bits of the threshold bucket's keys (16-bit weights without a scale have
+        /// none), then one pass that keeps the keys above the threshold and its first ties.
+        func pruneLayer(_ matrix: Matrix, keep: Int) throws {
+            let chunks = Threads.chunks(matrix.rows, minimumPerThread: max(1, 65536 / cols))
+            let highBins = 1 << 15
+            let high = try Threads.map(chunks) { _, range in try highHistogram(range) }
+            var total = [Int](repeating: 0, count: highBins)
+            for h in high { for b in 0..<highBins { total[b] += h[b] } }
+            if total[infinityDigit...].contains(where: { $0 > 0 }) {
+                // An infinite or NaN score: the exact check names the first NaN one, if any.
+                try validateScores(UnsafeRawPointer(data), matrix, score, name: "weights")
+            }
             var select = RadixSelect(rank: keep)
-            var tiesPerChunk: [Int] = []
-            for bits in digits {
-                let bins = 1 << bits
+            select.refine({ $0 < highBins ? total[$0] : 0 }, bits: 16)
+            let bucket = Int(select.threshold >> 16)
+            var tiesPerChunk = high.map { $0[bucket] }
+            if E.Bits.bitWidth == 16 && score.scale == nil {
+                select.refine({ $0 == 0 ? total[bucket] : 0 }, bits: 16)
+            } else {
                 let current = select
-                let histograms = try Threads.map(chunks) { _, range in
-                    try withScratch(UInt32.self, cols) { keys in
-                        var histogram = [Int](repeating: 0, count: bins)
-                        histogram.withUnsafeMutableBufferPointer { h in
-                            for r in range {
-                                writeKeys(data + r &* cols, keys)
-                                for c in 0..<cols where current.matches(keys[c]) {
-                                    h[current.digit(keys[c], bits: bits)] &+= 1
-                                }
-                            }
+                let low = try Threads.map(chunks) { _, range in
+                    var histogram = [Int](repeating: 0, count: 1 << 16)
+                    for r in range {
+                        forKeys(data + r &* cols, 0..<cols) { _, key in
+                            if current.matches(key) { histogram[current.digit(key, bits: 16)] &+= 1 }
                         }
-                        return histogram
                     }
+                    return histogram
                 }
-                var total = [Int](repeating: 0, count: bins)
-                for h in histograms { for b in 0..<bins { total[b] += h[b] } }
-                select.refine({ total[$0] }, bits: bits)
-                if bits == digits.last {
-                    let d = select.threshold & UInt32(bins - 1)
-                    tiesPerChunk = histograms.map { $0[Int(d)] }
-                }
+                select.refine({ d in low.reduce(0) { $0 + $1[d] } }, bits: 16)
+                tiesPerChunk = low.map { $0[Int(select.threshold & 0xFFFF)] }
             }
             // Chunk t keeps the ties left after the chunks before it, in index order.
             var quotas: [Int] = []
@@ -261,25 +265,85 @@ public enum TopKPrune {
             }
             let threshold = select.threshold
             _ = try Threads.map(chunks) { t, range in
-                try withScratch(UInt32.self, cols) { keys in
-                    var ties = quotas[t]
-                    for r in range {
-                        let row = data + r &* cols
-                        writeKeys(row, keys)
-                        let maskRow = mask.map { $0 + r &* cols }
-                        // The first `ties` keys equal to the threshold are kept: the last kept one
-                        // bounds the row's selection in (key, column) order.
-                        var lastTie = -1
-                        for c in 0..<cols where ties > 0 && keys[c] == threshold {
-                            lastTie = c
-                            ties &-= 1
+                var ties = quotas[t]
+                for r in range {
+                    let row = data + r &* cols
+                    // The row's kept ties are those up to column `lastTie`: all of them while the
+                    // quota lasts (a count that vectorises), then the first ones by a search.
+                    var lastTie = -1
+                    if ties > 0 {
+                        // Keys are below 2^31, so key ^ threshold - 1 has its top bit set only for 0.
+                        var count: UInt32 = 0
+                        forKeys(row, 0..<cols) { _, key in count &+= ((key ^ threshold) &- 1) &>> 31 }
+                        if Int(count) <= ties {
+                            lastTie = cols &- 1
+                            ties &-= Int(count)
+                        } else {
+                            forKeys(row, 0..<cols) { c, key in
+                                if ties > 0 && key == threshold {
+                                    lastTie = c
+                                    ties &-= 1
+                                }
+                            }
                         }
-                        applyRow(
-                            row, keys: keys, last: lastTie >= 0 ? order(threshold, lastTie) : order(threshold &+ 1, cols),
-                            maskRow: maskRow)
                     }
+                    let maskRow = mask.map { $0 + r &* cols }
+                    keepKeys(row, 0..<(lastTie &+ 1), atLeast: threshold, maskRow: maskRow)
+                    keepKeys(row, (lastTie &+ 1)..<cols, atLeast: threshold &+ 1, maskRow: maskRow)
                 }
             }
+        }
+
+        /// A histogram of the high 15 bits of the keys of rows `range`, counted in four
+        /// interleaved 32-bit histograms (so that runs of equal digits do not wait on each other's
+        /// increments) that are added up at least every 2^32 - 1 keys.
+        func highHistogram(_ range: Range<Int>) throws -> [Int] {
+            let bins = 1 << 15
+            var total = [Int](repeating: 0, count: bins)
+            try withScratch(UInt32.self, 4 * bins) { h in
+                let rowsPerFold = max(1, Int(UInt32.max) / cols)
+                for first in stride(from: range.lowerBound, to: range.upperBound, by: rowsPerFold) {
+                    h.update(repeating: 0, count: 4 * bins)
+                    for r in first..<min(range.upperBound, first + rowsPerFold) {
+                        forKeys(data + r &* cols, 0..<cols) { c, key in
+                            h[(c & 3) &* bins &+ Int(key &>> 16)] &+= 1
+                        }
+                    }
+                    for b in 0..<bins { total[b] += Int(h[b]) + Int(h[bins + b]) + Int(h[2 * bins + b]) + Int(h[3 * bins + b]) }
+                }
+            }
+            return total
+        }
+
+        /// Keeps the weights of `row` in columns `range` whose key is at least `bound`,
+        /// zeroes the others, and writes the keep mask first when asked.
+        @inline(__always)
+        func keepKeys(
+            _ row: UnsafeMutablePointer<E.Bits>, _ range: Range<Int>, atLeast bound: UInt32,
+            maskRow: UnsafeMutablePointer<UInt8>?
+        ) {
+            if let maskRow { forKeys(row, range) { c, key in maskRow[c] = key >= bound ? 1 : 0 } }
+            forKeys(row, range) { c, key in row[c] &= key >= bound ? ~0 : 0 }
+        }
+
+        /// Calls `body(c, key)` with the layer key of every column `c` in `range` of `row`: the
+        /// score's float bits without the sign for a scaled score, else the element's magnitude
+        /// bits in the high bits. Keys are below 2^31; a NaN score's key exceeds infinity's.
+        /// The scale test stays outside the loops.
+        @inline(__always)
+        func forKeys(_ row: UnsafePointer<E.Bits>, _ range: Range<Int>, _ body: (Int, UInt32) -> Void) {
+            if let scale = score.scale {
+                for c in range { body(c, (abs(E.widen(row[c])) * scale[c]).bitPattern & 0x7FFF_FFFF) }
+            } else {
+                let shift = UInt32(32 &- E.Bits.bitWidth)
+                for c in range { body(c, UInt32(truncatingIfNeeded: row[c] & ~E.sign) &<< shift) }
+            }
+        }
+
+        /// The high-histogram digit of an infinite score's key: digits from it on may hold
+        /// NaN scores.
+        var infinityDigit: Int {
+            score.scale != nil ? Int(F32.infinity >> 16) : Int((UInt32(E.infinity) &<< UInt32(32 &- E.Bits.bitWidth)) >> 16)
         }
     }
 }

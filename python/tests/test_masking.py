@@ -5,6 +5,8 @@ Reference: within a comparison group, order by score descending then index ascen
 to float32, times col_scale in a float32 multiply. Results are compared bit for bit.
 """
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -497,11 +499,14 @@ def _bad_cases():
         x[1, 0] = np.nan
         return lambda: msp.nm_mask(x, 2, 4), [x]
 
-    @case("f16-nan-weight", msp.InvalidArgumentError, r"weights\[0\]\[3\] is NaN")
-    def _():
-        x = w().astype(np.float16)
-        x[0, 3] = np.nan
-        return lambda: msp.prune_topk_(x, 0.5), [x]
+    # The smallest f16 NaN pattern lies below bf16's and f32's infinity bits, as the default one does.
+    for scope, nan_bits in itertools.product(("row", "layer"), (0x7E00, 0x7C01, 0xFC01)):
+        @case(f"f16-nan-{nan_bits:#x}-{scope}", msp.InvalidArgumentError, r"weights\[0\]\[3\] is NaN")
+        def _(scope=scope, nan_bits=nan_bits):
+            x = w().astype(np.float16)
+            x[1, 6] = np.inf
+            x.view(np.uint16)[0, 3] = nan_bits
+            return lambda: msp.prune_topk_(x, 0.5, scope), [x]
 
     if torch is not None:
         @case("torch-float64", TypeError, "float64")
