@@ -5,9 +5,10 @@
 ///
 /// Every element is widened exactly to `Double` and squared there, which is exact for all three
 /// formats (a 24-bit significand squared fits in 53 bits). The buffer is cut into blocks of
-/// `blockSize` elements at fixed offsets. Within a block, lane `j` of a 16-wide vector (four
-/// independent chains of fused multiply-adds) takes the elements with index ≡ `j` mod 16; each lane
-/// sums runs of `run` squares plainly (the vectorised inner loop) and adds every run's sum to its own
+/// `blockSize` elements at fixed offsets. Within a block, a 16-wide vector (four independent chains
+/// of fused multiply-adds) takes 16 consecutive elements at a time, one per lane in a fixed order
+/// (the element's index mod 16; a full bf16 vector takes even, then odd elements); each lane sums
+/// runs of `run` squares plainly (the vectorised inner loop) and adds every run's sum to its own
 /// Neumaier-compensated total. Block sums are then combined in block order with Neumaier's
 /// compensated summation. Threads only decide who computes which block sums, never how they are
 /// combined, so the result is bit-identical for any thread count.
@@ -99,9 +100,10 @@ public enum SumSquares {
         }
     }
 
-    /// Σ x² over `n <= blockSize` elements. Lane `j` of a vector takes the elements ≡ `j` mod
-    /// `lanes`; each lane sums runs of `run` squares plainly (vectorised) and adds every run's sum to
-    /// its Neumaier-compensated total; the lane totals are combined in lane order.
+    /// Σ x² over `n <= blockSize` elements. Each lane of a vector takes one of every `lanes`
+    /// consecutive elements (in the order of `load`); each lane sums runs of `run` squares plainly
+    /// (vectorised) and adds every run's sum to its Neumaier-compensated total; the lane totals are
+    /// combined in lane order.
     @inline(__always)
     private static func blockSum<E: Element>(_: E.Type, _ p: UnsafePointer<E.Bits>, _ n: Int) -> Double {
         var sum = SIMD16<Double>(), compensation = SIMD16<Double>()
@@ -111,7 +113,15 @@ public enum SumSquares {
             compensation += ((sum - t) + part).replacing(with: (part - t) + sum, where: sum .< part)
             sum = t
         }
+        // Elements i..<i+16, widened. A bf16 pair in a 32-bit word widens with a shift and a mask
+        // and no lane moves, so bf16's even elements fill lanes 0..<8 and its odd ones 8..<16.
         @inline(__always) func load(_ i: Int) -> SIMD16<Double> {
+            if E.self == BF16.self {
+                let v = UnsafeRawPointer(p + i).loadUnaligned(as: SIMD8<UInt32>.self)
+                @inline(__always) func e(_ j: Int) -> Double { Double(Float(bitPattern: v[j] &<< 16)) }
+                @inline(__always) func o(_ j: Int) -> Double { Double(Float(bitPattern: v[j] & 0xFFFF_0000)) }
+                return SIMD16<Double>(e(0), e(1), e(2), e(3), e(4), e(5), e(6), e(7), o(0), o(1), o(2), o(3), o(4), o(5), o(6), o(7))
+            }
             var x = SIMD16<Double>()
             for j in 0..<lanes { x[j] = Double(E.widen(p[i + j])) }
             return x
