@@ -85,6 +85,7 @@ public enum TopKPrune {
         /// descending, column ascending) gives the last kept weight, and one comparison per weight
         /// of (key, column) order against it applies the selection.
         func pruneRows(_ rows: Int, keep: Int) throws {
+            if E.Bits.bitWidth == 16 && score.scale == nil { return try searchRows(rows, keep: keep) }
             let bins = Self.bins
             _ = try Threads.map(rows, minimumPerThread: max(1, 16384 / cols)) { range in
                 // A row's keys, the columns of its threshold bucket, and histograms.
@@ -112,6 +113,54 @@ public enum TopKPrune {
                     }
                 }
             }
+        }
+
+        /// Keeps `keep` weights in every row of 16-bit weights without a scale, whose keys are their
+        /// 15 magnitude bits: the `keep`-th largest key of a row is the largest value that at least
+        /// `keep` keys reach. A search finds it, each step counting the keys at or above a value
+        /// (a vectorised pass over a row that stays in cache): it gallops from the last row's
+        /// threshold, which is often near, then halves the bracket (at most 15 steps from scratch).
+        func searchRows(_ rows: Int, keep: Int) throws {
+            _ = try Threads.map(rows, minimumPerThread: max(1, 16384 / cols)) { range in
+                var guess = 0
+                for r in range {
+                    let row = data + r &* cols
+                    // At least `keep` keys reach `low`, fewer (`above`) reach `high`.
+                    var low = 0, high = Int(E.sign), above = 0
+                    @inline(__always) func reached(_ value: Int) -> Bool {
+                        let count = countAtLeast(row, E.Bits(truncatingIfNeeded: value))
+                        if count >= keep { low = value } else { (high, above) = (value, count) }
+                        return count >= keep
+                    }
+                    if guess > 0 {
+                        var step = 1
+                        if reached(guess) {
+                            while low &+ step < high && reached(low &+ step) { step &*= 2 }
+                        } else {
+                            while high &- step > low && !reached(high &- step) { step &*= 2 }
+                        }
+                    }
+                    while high &- low > 1 { _ = reached((low &+ high) &>> 1) }
+                    guess = low
+                    _ = keepRow(row, above: UInt32(low) &<< 16, ties: keep &- above, maskRow: mask.map { $0 + r &* cols })
+                }
+            }
+        }
+
+        /// How many of the 16-bit magnitudes of `row` are at least `value` (at most 2^15): 16-bit
+        /// counts of runs of at most 2^16 - 1 columns, where magnitude - value wraps to a set top
+        /// bit exactly when it is below.
+        @inline(__always)
+        func countAtLeast(_ row: UnsafePointer<E.Bits>, _ value: E.Bits) -> Int {
+            var below = 0
+            for first in Swift.stride(from: 0, to: cols, by: 0xFFFF) {
+                var count: E.Bits = 0
+                for c in first..<min(cols, first &+ 0xFFFF) {
+                    count &+= ((row[c] & ~E.sign) &- value) &>> (E.Bits.bitWidth &- 1)
+                }
+                below &+= Int(count)
+            }
+            return cols &- below
         }
 
         /// The histogram bin (digit) holding the `keep`-th largest of a row's keys, and how many keys
@@ -267,31 +316,50 @@ public enum TopKPrune {
             _ = try Threads.map(chunks) { t, range in
                 var ties = quotas[t]
                 for r in range {
-                    let row = data + r &* cols
-                    // The row's kept ties are those up to column `lastTie`: all of them while the
-                    // quota lasts (a count that vectorises), then the first ones by a search.
-                    var lastTie = -1
-                    if ties > 0 {
-                        // Keys are below 2^31, so key ^ threshold - 1 has its top bit set only for 0.
-                        var count: UInt32 = 0
-                        forKeys(row, 0..<cols) { _, key in count &+= ((key ^ threshold) &- 1) &>> 31 }
-                        if Int(count) <= ties {
-                            lastTie = cols &- 1
-                            ties &-= Int(count)
-                        } else {
-                            forKeys(row, 0..<cols) { c, key in
-                                if ties > 0 && key == threshold {
-                                    lastTie = c
-                                    ties &-= 1
-                                }
-                            }
-                        }
-                    }
-                    let maskRow = mask.map { $0 + r &* cols }
-                    keepKeys(row, 0..<(lastTie &+ 1), atLeast: threshold, maskRow: maskRow)
-                    keepKeys(row, (lastTie &+ 1)..<cols, atLeast: threshold &+ 1, maskRow: maskRow)
+                    ties = keepRow(data + r &* cols, above: threshold, ties: ties, maskRow: mask.map { $0 + r &* cols })
                 }
             }
+        }
+
+        /// Keeps the weights of `row` whose key (of `forKeys`) is above `threshold` and the first
+        /// `ties` whose key equals it, zeroes the others, and writes the keep mask when asked.
+        /// - Returns: the ties still to keep after this row.
+        @inline(__always)
+        func keepRow(
+            _ row: UnsafeMutablePointer<E.Bits>, above threshold: UInt32, ties: Int, maskRow: UnsafeMutablePointer<UInt8>?
+        ) -> Int {
+            // The row's kept ties are those up to column `lastTie`: all of them while the quota
+            // lasts (a count that vectorises), then the first ones by a search.
+            var ties = ties, lastTie = -1
+            if ties > 0 {
+                // Keys are below 2^31, so key ^ threshold - 1 has its top bit set only for 0.
+                var count: UInt32 = 0
+                forKeys(row, 0..<cols) { _, key in count &+= ((key ^ threshold) &- 1) &>> 31 }
+                if Int(count) <= ties {
+                    lastTie = cols &- 1
+                    ties &-= Int(count)
+                } else {
+                    // Blocks of 64 columns counted (vectorised) up to the one holding the last
+                    // kept tie, which is searched.
+                    var first = 0
+                    while true {
+                        var inBlock: UInt32 = 0
+                        forKeys(row, first..<min(cols, first &+ 64)) { _, key in inBlock &+= ((key ^ threshold) &- 1) &>> 31 }
+                        if Int(inBlock) >= ties { break }
+                        ties &-= Int(inBlock)
+                        first &+= 64
+                    }
+                    forKeys(row, first..<min(cols, first &+ 64)) { c, key in
+                        if ties > 0 && key == threshold {
+                            lastTie = c
+                            ties &-= 1
+                        }
+                    }
+                }
+            }
+            keepKeys(row, 0..<(lastTie &+ 1), atLeast: threshold, maskRow: maskRow)
+            keepKeys(row, (lastTie &+ 1)..<cols, atLeast: threshold &+ 1, maskRow: maskRow)
+            return ties
         }
 
         /// A histogram of the high 15 bits of the keys of rows `range`, counted in four

@@ -214,6 +214,26 @@ def test_prune_topk_matches_reference(backend, scope, sparsity, mode):
             check_pruned(w, before, keep, mask)
 
 
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prune_topk_rows_whose_thresholds_jump(backend, sparsity):
+    # A row's threshold search starts from the last row's threshold: here it moves up and down by
+    # up to 2^8 between rows, stays put (a repeated row), or sits at zero or among ties.
+    rng = np.random.default_rng(int(sparsity * 100))
+    rows, cols = 40, 300
+    scales = np.float32(2.0) ** ((np.arange(rows) * 5) % 17 - 8).astype(np.float32)
+    v = rng.standard_normal((rows, cols)).astype(np.float32) * scales[:, None]
+    v[7] = v[6]
+    v[12] = 0.0
+    v[13] = rng.integers(-2, 3, cols).astype(np.float32)
+    v[14] = 1.0
+    v[20:24] = rng.integers(-3, 4, (4, cols)).astype(np.float32) * scales[20:24, None]
+    w = build(v, backend)
+    w32, before = widen(w), raw_bits(w)
+    mask = msp.prune_topk_(w, sparsity, "row")
+    check_pruned(w, before, ref_topk_keep(ref_scores(w32, None), sparsity, "row"), mask)
+
+
 # --- thread counts ---------------------------------------------------------------------------------
 
 
