@@ -1,4 +1,4 @@
-// TopKPrune: unstructured pruning to a sparsity, per row or per layer, by radix selection.
+// TopKPrune: unstructured pruning to a sparsity, per row or per layer, by counting score keys.
 
 /// The comparison group of unstructured pruning.
 public enum TopKScope: Int32, Sendable {
@@ -9,8 +9,9 @@ public enum TopKScope: Int32, Sendable {
 }
 
 /// Unstructured pruning kernels. Within a comparison group, weights are ordered by score
-/// descending, then index ascending, and the first ones are kept. Selection is by histograms of
-/// order-preserving score keys (linear time, no sort); results do not depend on the thread count.
+/// descending, then index ascending, and the first ones are kept. Selection counts order-preserving
+/// score keys: searches over vectorised counts per row, histograms per layer (linear time; only the
+/// few keys of a row's threshold bucket are sorted). Results do not depend on the thread count.
 public enum TopKPrune {
     /// How many of `count` weights a sparsity prunes: floor(sparsity * count), in double.
     public static func prunedCount(sparsity: Double, of count: Int) -> Int {
@@ -35,7 +36,7 @@ public enum TopKPrune {
         guard sparsity >= 0, sparsity < 1 else {
             throw MSPError.invalidArgument("sparsity (\(sparsity)) must be in [0, 1)")
         }
-        // Selection orders (key, column) pairs in 64 bits and counts a row in 32-bit histograms.
+        // A row's ties are counted in 32 bits.
         guard matrix.cols <= Int(UInt32.max) else {
             throw MSPError.invalidArgument("cols (\(matrix.cols)) must be at most \(UInt32.max)")
         }
@@ -74,201 +75,100 @@ public enum TopKPrune {
         let cols: Int
         let score: Scorer<E>
 
-        /// Bits of a row key below its histogram digit: keys are non-negative float bits, so the
-        /// digit has 10 bits.
-        static var digitShift: UInt32 { 21 }
-        /// Histogram bins.
-        static var bins: Int { 1 << (31 - Int(digitShift)) }
-
-        /// Keeps `keep` weights in every row. A histogram of each row's high key bits finds the
-        /// bucket holding the `keep`-th largest key; sorting that bucket's few members by (key
-        /// descending, column ascending) gives the last kept weight, and one comparison per weight
-        /// of (key, column) order against it applies the selection.
+        /// Keeps `keep` weights in every row, by the keys of `forKeys`. The high 16 bits of the
+        /// `keep`-th largest key of a row are the largest value that at least `keep` high halves
+        /// reach. A search finds it, each step counting the high halves at or above a value (a
+        /// vectorised pass over 16-bit lanes that stay in cache): it gallops from the last row's
+        /// value, which is often near, then halves the bracket (at most 15 steps from scratch).
+        /// The high halves are the elements' own magnitude bits for 16-bit weights without a
+        /// scale, whose keys have no low half; other keys' high halves are written to scratch,
+        /// and the low halves of the keys in the threshold's bucket, collected and sorted, give
+        /// the rest of the threshold.
         func pruneRows(_ rows: Int, keep: Int) throws {
-            if E.Bits.bitWidth == 16 && score.scale == nil { return try searchRows(rows, keep: keep) }
-            let bins = Self.bins
+            let wide = E.Bits.bitWidth > 16 || score.scale != nil
             _ = try Threads.map(rows, minimumPerThread: max(1, 16384 / cols)) { range in
-                // A row's keys, the columns of its threshold bucket, and histograms.
-                try withScratch(UInt32.self, 2 * cols + 4 * bins) { scratch in
-                    try withScratch(UInt64.self, cols) { candidates in
-                        let keys = scratch, members = scratch + cols, histograms = scratch + 2 * cols
-                        for r in range {
-                            let row = data + r &* cols
-                            writeKeys(row, keys)
-                            let (bucket, above) = thresholdBucket(keys, keep: keep, histograms: histograms)
-                            // Branch-free: a bucket can hold a large share of the row. Only the
-                            // column is stored per weight; the members' orders are built after.
-                            var count = 0
-                            for c in 0..<cols {
-                                members[count] = UInt32(truncatingIfNeeded: c)
-                                count &+= Self.equal(Int(keys[c] &>> Self.digitShift), bucket)
-                            }
-                            for i in 0..<count {
-                                let c = Int(members[i])
-                                candidates[i] = order(keys[c], c)
-                            }
-                            let last = Self.select(candidates, count: count, rank: keep &- above, histogram: histograms)
-                            applyRow(row, keys: keys, last: last, maskRow: mask.map { $0 + r &* cols })
-                        }
-                    }
-                }
-            }
-        }
-
-        /// Keeps `keep` weights in every row of 16-bit weights without a scale, whose keys are their
-        /// 15 magnitude bits: the `keep`-th largest key of a row is the largest value that at least
-        /// `keep` keys reach. A search finds it, each step counting the keys at or above a value
-        /// (a vectorised pass over a row that stays in cache): it gallops from the last row's
-        /// threshold, which is often near, then halves the bracket (at most 15 steps from scratch).
-        func searchRows(_ rows: Int, keep: Int) throws {
-            _ = try Threads.map(rows, minimumPerThread: max(1, 16384 / cols)) { range in
-                var guess = 0
-                for r in range {
-                    let row = data + r &* cols
-                    // At least `keep` keys reach `low`, fewer (`above`) reach `high`.
-                    var low = 0, high = Int(E.sign), above = 0
-                    @inline(__always) func reached(_ value: Int) -> Bool {
-                        let count = countAtLeast(row, E.Bits(truncatingIfNeeded: value))
-                        if count >= keep { low = value } else { (high, above) = (value, count) }
-                        return count >= keep
-                    }
-                    if guess > 0 {
-                        var step = 1
-                        if reached(guess) {
-                            while low &+ step < high && reached(low &+ step) { step &*= 2 }
+                // High halves, then the bucket's low halves.
+                try withScratch(UInt16.self, wide ? 2 &* cols : 0) { scratch in
+                    var guess = 0
+                    for r in range {
+                        let row = data + r &* cols
+                        let halves: UnsafePointer<UInt16>
+                        if wide {
+                            forKeys(row, 0..<cols) { c, key in scratch[c] = UInt16(truncatingIfNeeded: key &>> 16) }
+                            halves = UnsafePointer(scratch)
                         } else {
-                            while high &- step > low && !reached(high &- step) { step &*= 2 }
+                            halves = UnsafeRawPointer(row).assumingMemoryBound(to: UInt16.self)
                         }
+                        // At least `keep` high halves reach `low`, fewer (`above`) reach `high`.
+                        var low = 0, high = 0x8000, above = 0
+                        @inline(__always) func reached(_ value: Int) -> Bool {
+                            let count = countAtLeast(halves, UInt16(truncatingIfNeeded: value))
+                            if count >= keep { low = value } else { (high, above) = (value, count) }
+                            return count >= keep
+                        }
+                        if guess > 0 {
+                            var step = 1
+                            if reached(guess) {
+                                while low &+ step < high && reached(low &+ step) { step &*= 2 }
+                            } else {
+                                while high &- step > low && !reached(high &- step) { step &*= 2 }
+                            }
+                        }
+                        while high &- low > 1 { _ = reached((low &+ high) &>> 1) }
+                        guess = low
+                        var threshold = UInt32(low) &<< 16, ties = keep &- above
+                        if wide {
+                            let lows = scratch + cols
+                            let count = bucketLows(row, halves, bucket: UInt16(truncatingIfNeeded: low), into: lows)
+                            // The `ties`-th largest low half, and how many of the first `ties` equal it.
+                            var members = UnsafeMutableBufferPointer(start: lows, count: count)
+                            members.sort(by: >)
+                            let last = lows[ties &- 1]
+                            var first = ties &- 1
+                            while first > 0 && lows[first &- 1] == last { first &-= 1 }
+                            threshold |= UInt32(last)
+                            ties &-= first
+                        }
+                        _ = keepRow(row, above: threshold, ties: ties, maskRow: mask.map { $0 + r &* cols })
                     }
-                    while high &- low > 1 { _ = reached((low &+ high) &>> 1) }
-                    guess = low
-                    _ = keepRow(row, above: UInt32(low) &<< 16, ties: keep &- above, maskRow: mask.map { $0 + r &* cols })
                 }
             }
         }
 
-        /// How many of the 16-bit magnitudes of `row` are at least `value` (at most 2^15): 16-bit
-        /// counts of runs of at most 2^16 - 1 columns, where magnitude - value wraps to a set top
-        /// bit exactly when it is below.
+        /// How many of `cols` 16-bit magnitudes (the bits below the top one) from `halves` on are
+        /// at least `value` (at most 2^15): 16-bit counts of runs of at most 2^16 - 1 columns,
+        /// where magnitude - value wraps to a set top bit exactly when it is below.
         @inline(__always)
-        func countAtLeast(_ row: UnsafePointer<E.Bits>, _ value: E.Bits) -> Int {
+        func countAtLeast(_ halves: UnsafePointer<UInt16>, _ value: UInt16) -> Int {
             var below = 0
             for first in Swift.stride(from: 0, to: cols, by: 0xFFFF) {
-                var count: E.Bits = 0
-                for c in first..<min(cols, first &+ 0xFFFF) {
-                    count &+= ((row[c] & ~E.sign) &- value) &>> (E.Bits.bitWidth &- 1)
-                }
+                var count: UInt16 = 0
+                for c in first..<min(cols, first &+ 0xFFFF) { count &+= ((halves[c] & 0x7FFF) &- value) &>> 15 }
                 below &+= Int(count)
             }
             return cols &- below
         }
 
-        /// The histogram bin (digit) holding the `keep`-th largest of a row's keys, and how many keys
-        /// lie in higher bins. `histograms` is scratch for four interleaved histograms, so that
-        /// runs of equal digits do not wait on each other's increments.
+        /// Writes to `lows` the low halves of the keys of `row` whose high half (in `halves`) is
+        /// `bucket`, in column order, and returns their count. Blocks of 64 columns are tested
+        /// vectorised first; only those holding a member are searched.
         @inline(__always)
-        func thresholdBucket(
-            _ keys: UnsafePointer<UInt32>, keep: Int, histograms h: UnsafeMutablePointer<UInt32>
-        ) -> (bucket: Int, above: Int) {
-            let bins = Self.bins
-            @inline(__always) func digit(_ c: Int) -> Int { Int(keys[c] &>> Self.digitShift) }
-            h.update(repeating: 0, count: 4 &* bins)
-            var c = 0
-            while c &+ 4 <= cols {
-                h[digit(c)] &+= 1
-                h[bins &+ digit(c &+ 1)] &+= 1
-                h[2 &* bins &+ digit(c &+ 2)] &+= 1
-                h[3 &* bins &+ digit(c &+ 3)] &+= 1
-                c &+= 4
-            }
-            while c < cols {
-                h[digit(c)] &+= 1
-                c &+= 1
-            }
-            for b in 0..<bins { h[b] = h[b] &+ h[bins &+ b] &+ h[2 &* bins &+ b] &+ h[3 &* bins &+ b] }
-            // From the top, 16 bins at a time, then bin by bin.
-            var above = 0, top = bins
-            while true {
-                var sum: UInt32 = 0
-                for b in (top &- 16)..<top { sum &+= h[b] }
-                if above &+ Int(sum) >= keep { break }
-                above &+= Int(sum)
-                top &-= 16
-            }
-            var bucket = top &- 1
-            while above &+ Int(h[bucket]) < keep {
-                above &+= Int(h[bucket])
-                bucket &-= 1
-            }
-            return (bucket, above)
-        }
-
-        /// The `rank`-th largest (1 = largest) of `count` distinct orders whose keys share the bits
-        /// above `digitShift`: 8-bit digit histograms narrow the candidates down while many remain,
-        /// then a sort. `histogram` is scratch for 256 counts; `orders` is reordered.
-        static func select(
-            _ orders: UnsafeMutablePointer<UInt64>, count: Int, rank: Int, histogram h: UnsafeMutablePointer<UInt32>
-        ) -> UInt64 {
-            var count = count, rank = rank, shift = digitShift
-            while count > 64 && shift > 0 {
-                let bits = min(8, shift)
-                shift -= bits
-                let mask = UInt64(1) &<< UInt64(bits) &- 1
-                @inline(__always) func digit(_ i: Int) -> Int { Int((orders[i] &>> UInt64(32 &+ shift)) & mask) }
-                h.update(repeating: 0, count: 256)
-                for i in 0..<count { h[digit(i)] &+= 1 }
-                var bucket = Int(mask)
-                while rank > Int(h[bucket]) {
-                    rank &-= Int(h[bucket])
-                    bucket &-= 1
+        func bucketLows(
+            _ row: UnsafePointer<E.Bits>, _ halves: UnsafePointer<UInt16>, bucket: UInt16, into lows: UnsafeMutablePointer<UInt16>
+        ) -> Int {
+            var count = 0
+            for first in Swift.stride(from: 0, to: cols, by: 64) {
+                let end = min(cols, first &+ 64)
+                // Halves are below 2^15, so half ^ bucket - 1 has its top bit set only for 0.
+                var hits: UInt16 = 0
+                for c in first..<end { hits |= ((halves[c] ^ bucket) &- 1) &>> 15 }
+                guard hits != 0 else { continue }
+                for c in first..<end where halves[c] == bucket {
+                    forKeys(row, c..<(c &+ 1)) { _, key in lows[count] = UInt16(truncatingIfNeeded: key) }
+                    count &+= 1
                 }
-                var kept = 0
-                for i in 0..<count {
-                    orders[kept] = orders[i]
-                    kept &+= equal(digit(i), bucket)
-                }
-                count = kept
             }
-            var members = UnsafeMutableBufferPointer(start: orders, count: count)
-            members.sort(by: >)
-            return members[rank &- 1]
-        }
-
-        /// 1 when the non-negative `a` and `b` are equal, else 0, computed without a comparison,
-        /// which in the compaction loops compiles to a branch that rows of mixed digits mispredict.
-        @inline(__always) static func equal(_ a: Int, _ b: Int) -> Int {
-            Int(bitPattern: UInt(bitPattern: (a ^ b) &- 1) &>> 63)
-        }
-
-        /// Writes the magnitude score keys of a row (the bits of non-NaN floats >= 0). The scale
-        /// test stays outside the loops: inside, it becomes a masked load of a null pointer.
-        @inline(__always) func writeKeys(_ row: UnsafePointer<E.Bits>, _ keys: UnsafeMutablePointer<UInt32>) {
-            if let scale = score.scale {
-                // A scale of -0 gives a score of -0: the sign bit is cleared, so it ties with +0.
-                for c in 0..<cols { keys[c] = (abs(E.widen(row[c])) * scale[c]).bitPattern & 0x7FFF_FFFF }
-            } else {
-                for c in 0..<cols { keys[c] = abs(E.widen(row[c])).bitPattern }
-            }
-        }
-
-        /// The selection order of a row's weight: key descending, then column ascending.
-        @inline(__always) func order(_ key: UInt32, _ c: Int) -> UInt64 {
-            UInt64(key) &<< 32 | UInt64(UInt32.max &- UInt32(truncatingIfNeeded: c))
-        }
-
-        /// Keeps the weights of `row` ordered at or before `last`, zeroes the others.
-        @inline(__always)
-        func applyRow(
-            _ row: UnsafeMutablePointer<E.Bits>, keys: UnsafePointer<UInt32>, last: UInt64,
-            maskRow: UnsafeMutablePointer<UInt8>?
-        ) {
-            for c in 0..<cols {
-                let kept: E.Bits = order(keys[c], c) >= last ? 1 : 0
-                row[c] &= 0 &- kept
-            }
-            if let maskRow {
-                for c in 0..<cols { maskRow[c] = order(keys[c], c) >= last ? 1 : 0 }
-            }
+            return count
         }
 
         /// Keeps `keep` weights in the whole matrix, by the 31-bit keys of `forKeys`: a histogram of
