@@ -99,11 +99,11 @@ public enum TopKPrune {
                         } else {
                             halves = UnsafeRawPointer(row).assumingMemoryBound(to: UInt16.self)
                         }
-                        // At least `keep` high halves reach `low`, fewer (`above`) reach `high`.
-                        var low = 0, high = 0x8000, above = 0
+                        // `reaching` (at least `keep`) high halves reach `low`, fewer (`above`) reach `high`.
+                        var low = 0, high = 0x8000, reaching = cols, above = 0
                         @inline(__always) func reached(_ value: Int) -> Bool {
                             let count = countAtLeast(halves, UInt16(truncatingIfNeeded: value))
-                            if count >= keep { low = value } else { (high, above) = (value, count) }
+                            if count >= keep { (low, reaching) = (value, count) } else { (high, above) = (value, count) }
                             return count >= keep
                         }
                         if guess > 0 {
@@ -116,7 +116,7 @@ public enum TopKPrune {
                         }
                         while high &- low > 1 { _ = reached((low &+ high) &>> 1) }
                         guess = low
-                        var threshold = UInt32(low) &<< 16, ties = keep &- above
+                        var threshold = UInt32(low) &<< 16, ties = keep &- above, equal = reaching &- above
                         if wide {
                             let lows = scratch + cols
                             let count = bucketLows(row, halves, bucket: UInt16(truncatingIfNeeded: low), into: lows)
@@ -126,10 +126,12 @@ public enum TopKPrune {
                             let last = lows[ties &- 1]
                             var first = ties &- 1
                             while first > 0 && lows[first &- 1] == last { first &-= 1 }
+                            var end = ties
+                            while end < count && lows[end] == last { end &+= 1 }
                             threshold |= UInt32(last)
-                            ties &-= first
+                            (ties, equal) = (ties &- first, end &- first)
                         }
-                        _ = keepRow(row, above: threshold, ties: ties, maskRow: mask.map { $0 + r &* cols })
+                        _ = keepRow(row, above: threshold, ties: ties, equal: equal, maskRow: mask.map { $0 + r &* cols })
                     }
                 }
             }
@@ -216,28 +218,33 @@ public enum TopKPrune {
             _ = try Threads.map(chunks) { t, range in
                 var ties = quotas[t]
                 for r in range {
-                    ties = keepRow(data + r &* cols, above: threshold, ties: ties, maskRow: mask.map { $0 + r &* cols })
+                    ties = keepRow(data + r &* cols, above: threshold, ties: ties, equal: nil, maskRow: mask.map { $0 + r &* cols })
                 }
             }
         }
 
         /// Keeps the weights of `row` whose key (of `forKeys`) is above `threshold` and the first
         /// `ties` whose key equals it, zeroes the others, and writes the keep mask when asked.
+        /// `equal` is the row's count of keys equal to the threshold, when the caller knows it.
         /// - Returns: the ties still to keep after this row.
         @inline(__always)
         func keepRow(
-            _ row: UnsafeMutablePointer<E.Bits>, above threshold: UInt32, ties: Int, maskRow: UnsafeMutablePointer<UInt8>?
+            _ row: UnsafeMutablePointer<E.Bits>, above threshold: UInt32, ties: Int, equal: Int?,
+            maskRow: UnsafeMutablePointer<UInt8>?
         ) -> Int {
             // The row's kept ties are those up to column `lastTie`: all of them while the quota
             // lasts (a count that vectorises), then the first ones by a search.
             var ties = ties, lastTie = -1
             if ties > 0 {
                 // Keys are below 2^31, so key ^ threshold - 1 has its top bit set only for 0.
-                var count: UInt32 = 0
-                forKeys(row, 0..<cols) { _, key in count &+= ((key ^ threshold) &- 1) &>> 31 }
-                if Int(count) <= ties {
+                let count = equal ?? {
+                    var count: UInt32 = 0
+                    forKeys(row, 0..<cols) { _, key in count &+= ((key ^ threshold) &- 1) &>> 31 }
+                    return Int(count)
+                }()
+                if count <= ties {
                     lastTie = cols &- 1
-                    ties &-= Int(count)
+                    ties &-= count
                 } else {
                     // Blocks of 64 columns counted (vectorised) up to the one holding the last
                     // kept tie, which is searched.
