@@ -10,8 +10,8 @@ public enum TopKScope: Int32, Sendable {
 
 /// Unstructured pruning kernels. Within a comparison group, weights are ordered by score
 /// descending, then index ascending, and the first ones are kept. Selection counts order-preserving
-/// score keys: searches over vectorised counts per row, histograms per layer (linear time; only the
-/// few keys of a row's threshold bucket are sorted). Results do not depend on the thread count.
+/// score keys, in linear time: searches over vectorised counts per row, histograms per layer.
+/// Results do not depend on the thread count.
 public enum TopKPrune {
     /// How many of `count` weights a sparsity prunes: floor(sparsity * count), in double.
     public static func prunedCount(sparsity: Double, of count: Int) -> Int {
@@ -82,7 +82,7 @@ public enum TopKPrune {
         /// value, which is often near, then halves the bracket (at most 15 steps from scratch).
         /// The high halves are the elements' own magnitude bits for 16-bit weights without a
         /// scale, whose keys have no low half; other keys' high halves are written to scratch,
-        /// and the low halves of the keys in the threshold's bucket, collected and sorted, give
+        /// and the same search over the low halves of the keys in the threshold's bucket gives
         /// the rest of the threshold.
         func pruneRows(_ rows: Int, keep: Int) throws {
             let wide = E.Bits.bitWidth > 16 || score.scale != nil
@@ -99,42 +99,54 @@ public enum TopKPrune {
                         } else {
                             halves = UnsafeRawPointer(row).assumingMemoryBound(to: UInt16.self)
                         }
-                        // `reaching` (at least `keep`) high halves reach `low`, fewer (`above`) reach `high`.
-                        var low = 0, high = 0x8000, reaching = cols, above = 0
-                        @inline(__always) func reached(_ value: Int) -> Bool {
-                            let count = countAtLeast(halves, UInt16(truncatingIfNeeded: value))
-                            if count >= keep { (low, reaching) = (value, count) } else { (high, above) = (value, count) }
-                            return count >= keep
+                        let (low, reaching, above) = largestReached(below: 0x8000, total: cols, rank: keep, guess: guess) {
+                            countAtLeast(halves, UInt16(truncatingIfNeeded: $0))
                         }
-                        if guess > 0 {
-                            var step = 1
-                            if reached(guess) {
-                                while low &+ step < high && reached(low &+ step) { step &*= 2 }
-                            } else {
-                                while high &- step > low && !reached(high &- step) { step &*= 2 }
-                            }
-                        }
-                        while high &- low > 1 { _ = reached((low &+ high) &>> 1) }
                         guess = low
                         var threshold = UInt32(low) &<< 16, ties = keep &- above, equal = reaching &- above
                         if wide {
+                            // The `ties`-th largest low half in the bucket, the same search over
+                            // 32-bit lanes (low halves use all 16 bits).
                             let lows = scratch + cols
                             let count = bucketLows(row, halves, bucket: UInt16(truncatingIfNeeded: low), into: lows)
-                            // The `ties`-th largest low half, and how many of the first `ties` equal it.
-                            var members = UnsafeMutableBufferPointer(start: lows, count: count)
-                            members.sort(by: >)
-                            let last = lows[ties &- 1]
-                            var first = ties &- 1
-                            while first > 0 && lows[first &- 1] == last { first &-= 1 }
-                            var end = ties
-                            while end < count && lows[end] == last { end &+= 1 }
-                            threshold |= UInt32(last)
-                            (ties, equal) = (ties &- first, end &- first)
+                            let last = largestReached(below: 0x1_0000, total: count, rank: ties, guess: 0) { value in
+                                var below: UInt32 = 0
+                                for i in 0..<count { below &+= (UInt32(lows[i]) &- UInt32(truncatingIfNeeded: value)) &>> 31 }
+                                return count &- Int(below)
+                            }
+                            threshold |= UInt32(last.value)
+                            (ties, equal) = (ties &- last.above, last.reaching &- last.above)
                         }
                         _ = keepRow(row, above: threshold, ties: ties, equal: equal, maskRow: mask.map { $0 + r &* cols })
                     }
                 }
             }
+        }
+
+        /// The largest value below `below` that at least `rank` (at most `total`) of some items
+        /// reach, where `count(v)` is how many reach v (`total` for v = 0, non-increasing), with
+        /// the counts at that value (`reaching`) and one above it (`above`; 0 at `below`). A
+        /// positive `guess`, often near, is galloped from; then the bracket is halved.
+        @inline(__always)
+        func largestReached(
+            below: Int, total: Int, rank: Int, guess: Int, _ count: (Int) -> Int
+        ) -> (value: Int, reaching: Int, above: Int) {
+            var low = 0, high = below, reaching = total, above = 0
+            @inline(__always) func reached(_ value: Int) -> Bool {
+                let n = count(value)
+                if n >= rank { (low, reaching) = (value, n) } else { (high, above) = (value, n) }
+                return n >= rank
+            }
+            if guess > 0 {
+                var step = 1
+                if reached(guess) {
+                    while low &+ step < high && reached(low &+ step) { step &*= 2 }
+                } else {
+                    while high &- step > low && !reached(high &- step) { step &*= 2 }
+                }
+            }
+            while high &- low > 1 { _ = reached((low &+ high) &>> 1) }
+            return (low, reaching, above)
         }
 
         /// How many of `cols` 16-bit magnitudes (the bits below the top one) from `halves` on are

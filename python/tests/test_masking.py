@@ -218,7 +218,8 @@ def test_prune_topk_matches_reference(backend, scope, sparsity, mode):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_prune_topk_rows_whose_thresholds_jump(backend, sparsity):
     # A row's threshold search starts from the last row's threshold: here it moves up and down by
-    # up to 2^8 between rows, stays put (a repeated row), or sits at zero or among ties.
+    # up to 2^8 between rows, stays put (a repeated row), or sits at zero or among ties; in f32 one
+    # row's keys all share their high 16 bits.
     rng = np.random.default_rng(int(sparsity * 100))
     rows, cols = 40, 300
     scales = np.float32(2.0) ** ((np.arange(rows) * 5) % 17 - 8).astype(np.float32)
@@ -227,6 +228,7 @@ def test_prune_topk_rows_whose_thresholds_jump(backend, sparsity):
     v[12] = 0.0
     v[13] = rng.integers(-2, 3, cols).astype(np.float32)
     v[14] = 1.0
+    v[15] = 1.0 + rng.permutation(cols).astype(np.float32) * np.float32(2.0**-23)  # f32: one high half
     v[20:24] = rng.integers(-3, 4, (4, cols)).astype(np.float32) * scales[20:24, None]
     w = build(v, backend)
     w32, before = widen(w), raw_bits(w)
