@@ -19,7 +19,9 @@ let package = Package(
         .target(name: "CMSPSupport"),
         // `include/msp.h` as a module: the C ABI target implements exactly these declarations.
         .systemLibrary(name: "CMSPHeader"),
-        .target(name: "MSPCore", dependencies: ["CMSPBLAS"]),
+        // Software prefetch hints for the streaming kernels (header-only).
+        .systemLibrary(name: "CMSPPrefetch"),
+        .target(name: "MSPCore", dependencies: ["CMSPBLAS", "CMSPPrefetch"]),
         .target(name: "MSP", dependencies: ["MSPCore", "CMSPSupport", "CMSPHeader"]),
         .testTarget(name: "MSPCoreTests", dependencies: ["MSPCore"]),
         .testTarget(name: "MSPTests", dependencies: ["MSP", "MSPCore", "CMSPHeader"]),

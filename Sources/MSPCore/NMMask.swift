@@ -125,6 +125,7 @@ public enum NMMask {
             let end = rows.upperBound &* cols
             for first in Swift.stride(from: rows.lowerBound &* cols, to: end, by: Self.block) {
                 let count = min(Self.block, end &- first)
+                Prefetch.lines(source + first, offset: Prefetch.distance, bytes: count &* MemoryLayout<E.Bits>.stride)
                 var i = 0
                 while i < count {
                     // A short last vector (whole groups) is padded with zeros.
@@ -204,6 +205,7 @@ public enum NMMask {
                 for first in Swift.stride(from: 0, to: cols, by: block) {
                     let count = min(block, cols &- first)
                     let start = r &* cols &+ first
+                    Prefetch.lines(source + start, offset: Prefetch.distance, bytes: count &* MemoryLayout<E.Bits>.stride)
                     writeKeys(source + start, count: count, firstCol: first, keys: keys)
                     var i = 0
                     while i < count {

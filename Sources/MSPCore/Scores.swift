@@ -54,7 +54,12 @@ struct Scorer<E: Element> {
     @inline(__always)
     func anyNaN(_ src: UnsafePointer<E.Bits>, count: Int, firstCol: Int) -> Bool {
         var largest: E.Bits = 0
-        for i in 0..<count { largest = max(largest, src[i] & ~E.sign) }
+        // Runs of 512 bytes, each hinting the lines a prefetch distance ahead.
+        let run = 512 / MemoryLayout<E.Bits>.stride
+        for first in Swift.stride(from: 0, to: count, by: run) {
+            Prefetch.lines(src + first, offset: Prefetch.distance, bytes: 512)
+            for i in first..<min(count, first &+ run) { largest = max(largest, src[i] & ~E.sign) }
+        }
         guard largest == E.infinity, let scale else { return largest > E.infinity }
         return (0..<count).contains { src[$0] & ~E.sign == E.infinity && scale[firstCol &+ $0] == 0 }
     }

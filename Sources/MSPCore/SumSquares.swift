@@ -129,6 +129,7 @@ public enum SumSquares {
         let step = lanes * run
         var i = 0
         while i + step <= n {
+            Prefetch.lines(p + i, offset: Prefetch.distance, bytes: step * MemoryLayout<E.Bits>.stride)
             var part = SIMD16<Double>()
             for k in 0..<run {
                 let x = load(i + k * lanes)
