@@ -112,7 +112,7 @@ public enum NMMask {
             if score.absolute, score.scale == nil, MemoryLayout<E.Bits>.size == MemoryLayout<L.Key>.size {
                 return magnitudeRows(rows, GroupSize<M>.self, flags: scratch)
             }
-            blocks(rows, scratch: scratch, step: Self.width) { rotationRank(load($0), GroupSize<M>.self) }
+            blocks(rows, scratch: scratch, step: Self.width) { rotationKeep(load($0), GroupSize<M>.self) }
         }
 
         /// Masks `rows` by unscaled magnitude with keys as wide as the elements: a vector's keys
@@ -121,7 +121,6 @@ public enum NMMask {
         /// blocks whose flags collect in scratch when there is a keep mask to write.
         func magnitudeRows<let M: Int>(_ rows: Range<Int>, _: GroupSize<M>.Type, flags: UnsafeMutablePointer<L.Key>) {
             let magnitude = Lanes(repeating: L.Key(truncatingIfNeeded: ~E.sign))
-            let minusN = Lanes(repeating: L.Key(-pattern.n))
             let end = rows.upperBound &* cols
             for first in Swift.stride(from: rows.lowerBound &* cols, to: end, by: Self.block) {
                 let count = min(Self.block, end &- first)
@@ -136,7 +135,7 @@ public enum NMMask {
                     } else {
                         for j in 0..<lanes { bits[j] = L.Key(truncatingIfNeeded: source[first &+ i &+ j]) }
                     }
-                    let keep = L.kept(rotationRank(L.and(bits, magnitude), GroupSize<M>.self), minusN: minusN)
+                    let keep = rotationKeep(L.and(bits, magnitude), GroupSize<M>.self)
                     if let target {
                         let kept = L.and(bits, keep)
                         if lanes == Self.width {
@@ -152,19 +151,23 @@ public enum NMMask {
             }
         }
 
-        /// The negated count of partners that beat each lane of `key` in its group of `M`.
+        /// All ones in each lane of `key` that is kept in its group of `M`, else zero. A lane's
+        /// rank (the partners that beat it) is c + wins - beaten with the negated counts of
+        /// `RankLanes.rotationStep` and c = (M - 1) / 2 distances below M / 2; the lane is kept
+        /// when that is below n, that is when beaten > wins + c - n.
         @inline(__always)
-        func rotationRank<let M: Int>(_ key: Lanes, _: GroupSize<M>.Type) -> Lanes {
-            var rank = Lanes(repeating: L.Key(truncatingIfNeeded: -((M &- 1) / 2)))
-            rank = L.rotationStep(rank, key: key, m: M, d: 1)
-            rank = L.rotationStep(rank, key: key, m: M, d: 2)
-            rank = L.rotationStep(rank, key: key, m: M, d: 3)
-            rank = L.rotationStep(rank, key: key, m: M, d: 4)
-            rank = L.rotationStep(rank, key: key, m: M, d: 5)
-            rank = L.rotationStep(rank, key: key, m: M, d: 6)
-            rank = L.rotationStep(rank, key: key, m: M, d: 7)
-            rank = L.rotationStep(rank, key: key, m: M, d: 8)
-            return rank
+        func rotationKeep<let M: Int>(_ key: Lanes, _: GroupSize<M>.Type) -> Lanes {
+            let next = L.multiplyAdd(key, Lanes(repeating: 1), Lanes(repeating: 1))
+            var beaten = Lanes(), wins = Lanes(repeating: L.Key(truncatingIfNeeded: (M &- 1) / 2 &- pattern.n))
+            L.rotationStep(beaten: &beaten, wins: &wins, key: key, next: next, m: M, d: 1)
+            L.rotationStep(beaten: &beaten, wins: &wins, key: key, next: next, m: M, d: 2)
+            L.rotationStep(beaten: &beaten, wins: &wins, key: key, next: next, m: M, d: 3)
+            L.rotationStep(beaten: &beaten, wins: &wins, key: key, next: next, m: M, d: 4)
+            L.rotationStep(beaten: &beaten, wins: &wins, key: key, next: next, m: M, d: 5)
+            L.rotationStep(beaten: &beaten, wins: &wins, key: key, next: next, m: M, d: 6)
+            L.rotationStep(beaten: &beaten, wins: &wins, key: key, next: next, m: M, d: 7)
+            L.rotationStep(beaten: &beaten, wins: &wins, key: key, next: next, m: M, d: 8)
+            return L.greater(beaten, wins)
         }
 
         /// Masks `rows` for any group size `m`: member p of a group is ranked against member
@@ -174,6 +177,7 @@ public enum NMMask {
             // Each lane's position in its group.
             var position = Lanes()
             for lane in 0..<Self.width { position[lane] = L.Key(truncatingIfNeeded: lane % m) }
+            let minusN = Lanes(repeating: L.Key(-pattern.n))
             blocks(rows, scratch: scratch, step: Self.width / m * m) { keys in
                 let key = load(keys)
                 var rank = Lanes()
@@ -184,22 +188,20 @@ public enum NMMask {
                     let limit = Lanes(repeating: L.Key(truncatingIfNeeded: m &- d))
                     rank = L.step(rank, key: key, ahead: ahead, behind: behind, position: position, limit: limit)
                 }
-                return rank
+                return L.greater(rank, minusN)
             }
         }
 
         /// Masks `rows` block by block: writes a block's keys to scratch, then the keep flags of
-        /// each vector of `step` lanes (whole groups) from `rank(keys)`, the negated count of
-        /// partners that beat each lane, and applies them.
+        /// each vector of `step` lanes (whole groups), `keep(keys)`, and applies them.
         @inline(__always)
         func blocks(
             _ rows: Range<Int>, scratch: UnsafeMutablePointer<L.Key>, step: Int,
-            rank: (UnsafePointer<L.Key>) -> Lanes
+            keep: (UnsafePointer<L.Key>) -> Lanes
         ) {
             let stride = Self.block + 2 * Self.margin
             scratch.initialize(repeating: 0, count: Self.scratchCount)
             let keys = scratch + Self.margin, flags = keys + stride
-            let minusN = Lanes(repeating: L.Key(-pattern.n))
             let block = Self.block / step * step
             for r in rows {
                 for first in Swift.stride(from: 0, to: cols, by: block) {
@@ -209,8 +211,7 @@ public enum NMMask {
                     writeKeys(source + start, count: count, firstCol: first, keys: keys)
                     var i = 0
                     while i < count {
-                        UnsafeMutableRawPointer(flags + i).storeBytes(
-                            of: L.kept(rank(keys + i), minusN: minusN), as: Lanes.self)
+                        UnsafeMutableRawPointer(flags + i).storeBytes(of: keep(keys + i), as: Lanes.self)
                         i &+= step
                     }
                     apply(flags, count: count, at: start)

@@ -33,46 +33,36 @@ extension RankLanes {
         return multiplyAdd(rank, greater(other, key), one)
     }
 
-    /// `rank` minus the beats of partners at distances `d` and `m - d` in each lane's group of
-    /// `m`, for `m` dividing 32 and known at compile time (lane moves become constant shuffles).
-    ///
-    /// The partner at distance d of member p is member (p + d) mod m; where that wrapped around,
-    /// it lies at a lower index and is compared plus one, so an equal key beats too (keys must
-    /// stay below `Key.max`). Beating is a strict order, so member p is beaten by its partner at
-    /// distance m - d exactly when p does not beat that partner at distance d: the second count
-    /// is the first one's complement, rotated. `d` must be at most m / 2 (larger ones leave
-    /// `rank` as it is); below m / 2 the complement of all-ones beats is taken as one minus
-    /// them, and the caller counts the ones: it starts `rank` at -((m - 1) / 2), one per d.
+    /// Distance `d` of the ranking of `key` in groups of `m` dividing 32, both known at compile
+    /// time (lane moves become constant shuffles). Adds to `beaten` the beats of each lane by its
+    /// partner at distance d, member (p + d) mod m of member p's group, all ones per beat. Where
+    /// that partner wrapped around it lies at a lower index, so an equal key beats too: its key is
+    /// taken from `next`, the keys plus one (keys must stay below `Key.max`). Beating is a strict
+    /// order, so member p is beaten by its partner at distance m - d exactly when p does not beat
+    /// that partner at distance d: for d < m / 2 those beats, moved to the lanes of the beating
+    /// members, are added to `wins` (all ones per win of p at distance m - d). `d` above m / 2
+    /// changes nothing. No subtraction of masks: the compiler would turn it into a shift and an add.
     @inline(__always)
-    static func rotationStep(_ rank: Lanes, key: Lanes, m: Int, d: Int) -> Lanes {
-        guard 2 &* d <= m else { return rank }
-        @inline(__always) func wrapped(_ i: Int) -> Key { Key(truncatingIfNeeded: (i % m &+ d) / m) }
-        let plus = Lanes(
-            wrapped(0), wrapped(1), wrapped(2), wrapped(3), wrapped(4), wrapped(5), wrapped(6), wrapped(7),
-            wrapped(8), wrapped(9), wrapped(10), wrapped(11), wrapped(12), wrapped(13), wrapped(14),
-            wrapped(15), wrapped(16), wrapped(17), wrapped(18), wrapped(19), wrapped(20), wrapped(21),
-            wrapped(22), wrapped(23), wrapped(24), wrapped(25), wrapped(26), wrapped(27), wrapped(28),
-            wrapped(29), wrapped(30), wrapped(31))
+    static func rotationStep(beaten: inout Lanes, wins: inout Lanes, key: Lanes, next: Lanes, m: Int, d: Int) {
+        guard 2 &* d <= m else { return }
         let one = Lanes(repeating: 1)
-        let beaten = greater(multiplyAdd(rotated(key, m: m, d: d), plus, one), key)
-        let rank = multiplyAdd(rank, beaten, one)
-        guard 2 &* d < m else { return rank }
-        return multiplyAdd(rank, rotated(beaten, m: m, d: m &- d), Lanes(repeating: -1))
+        let beats = greater(shifted(key, next, m: m, d: d), key)
+        beaten = multiplyAdd(beaten, beats, one)
+        guard 2 &* d < m else { return }
+        wins = multiplyAdd(wins, shifted(beats, beats, m: m, d: m &- d), one)
     }
 
-    /// `v` with each lane p of a group of `m` replaced by lane (p + d) mod m of the same group,
-    /// for `m` and `d` known at compile time.
+    /// Each lane p of a group of `m` replaced by lane p + d of `a` in the same group or, past the
+    /// group's end, by lane p + d - m of `b` (a rotation when `a` is `b`), for `m` and `d` known
+    /// at compile time: one two-source shuffle.
     @inline(__always)
-    static func rotated(_ v: Lanes, m: Int, d: Int) -> Lanes {
-        @inline(__always) func at(_ i: Int) -> Key { v[i &- i % m &+ (i % m &+ d) % m] }
+    static func shifted(_ a: Lanes, _ b: Lanes, m: Int, d: Int) -> Lanes {
+        @inline(__always) func at(_ i: Int) -> Key { i % m &+ d < m ? a[i &+ d] : b[i &+ d &- m] }
         return Lanes(
             at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7), at(8), at(9), at(10), at(11), at(12),
             at(13), at(14), at(15), at(16), at(17), at(18), at(19), at(20), at(21), at(22), at(23), at(24),
             at(25), at(26), at(27), at(28), at(29), at(30), at(31))
     }
-
-    /// All ones in each lane whose `rank` (a negated count) is above `minusN`, else zero.
-    @inline(__always) static func kept(_ rank: Lanes, minusN: Lanes) -> Lanes { greater(rank, minusN) }
 }
 
 /// 16-bit keys.
