@@ -83,10 +83,10 @@ public enum NMMask {
     /// Member p of a group is ranked against member (p + d) mod m, for d in 1..<m, all lanes at
     /// once: a partner ahead beats on a greater key, a partner that wrapped around (at a lower
     /// index) on an equal key too. Group sizes 2, 4, 8 and 16 take the partners from constant lane
-    /// rotations of the vector itself, and unscaled magnitudes as wide as the elements are ranked
-    /// straight from the loaded elements. Other cases write a row's keys to scratch block by
-    /// block and load each partner at offset d or d - m; a vector then covers whole groups only,
-    /// so it advances by the largest multiple of m within 32 lanes.
+    /// rotations of the vector itself, and unscaled scores as wide as the elements are keyed and
+    /// ranked in registers straight from the loaded elements. Other cases write a row's keys to
+    /// scratch block by block and load each partner at offset d or d - m; a vector then covers
+    /// whole groups only, so it advances by the largest multiple of m within 32 lanes.
     private struct Kernel<E: Element, L: RankLanes> {
         typealias Lanes = L.Lanes
         let source: UnsafePointer<E.Bits>
@@ -109,17 +109,18 @@ public enum NMMask {
         /// Masks `rows` with a group size that divides the vector width, fixed at compile time:
         /// each vector's keys are ranked against lane rotations of themselves.
         func rows<let M: Int>(_ rows: Range<Int>, _: GroupSize<M>.Type, scratch: UnsafeMutablePointer<L.Key>) {
-            if score.absolute, score.scale == nil, MemoryLayout<E.Bits>.size == MemoryLayout<L.Key>.size {
-                return magnitudeRows(rows, GroupSize<M>.self, flags: scratch)
+            if score.scale == nil, MemoryLayout<E.Bits>.size == MemoryLayout<L.Key>.size {
+                return elementRows(rows, GroupSize<M>.self, flags: scratch)
             }
             blocks(rows, scratch: scratch, step: Self.width) { rotationKeep(load($0), GroupSize<M>.self) }
         }
 
-        /// Masks `rows` by unscaled magnitude with keys as wide as the elements: a vector's keys
-        /// are its elements without the sign bit, so each vector is loaded, ranked and written
-        /// back in registers. Rows hold whole groups, so the rows are one run of groups; it goes in
-        /// blocks whose flags collect in scratch when there is a keep mask to write.
-        func magnitudeRows<let M: Int>(_ rows: Range<Int>, _: GroupSize<M>.Type, flags: UnsafeMutablePointer<L.Key>) {
+        /// Masks `rows` by unscaled scores with keys as wide as the elements: a vector's keys come
+        /// from its elements in registers (`keys(of:magnitude:)`), so each vector is loaded,
+        /// ranked and written back without scratch. Rows hold whole groups, so the rows are one
+        /// run of groups; it goes in blocks whose flags collect in scratch when there is a keep
+        /// mask to write.
+        func elementRows<let M: Int>(_ rows: Range<Int>, _: GroupSize<M>.Type, flags: UnsafeMutablePointer<L.Key>) {
             let magnitude = Lanes(repeating: L.Key(truncatingIfNeeded: ~E.sign))
             let end = rows.upperBound &* cols
             for first in Swift.stride(from: rows.lowerBound &* cols, to: end, by: Self.block) {
@@ -135,7 +136,7 @@ public enum NMMask {
                     } else {
                         for j in 0..<lanes { bits[j] = L.Key(truncatingIfNeeded: source[first &+ i &+ j]) }
                     }
-                    let keep = rotationKeep(L.and(bits, magnitude), GroupSize<M>.self)
+                    let keep = rotationKeep(keys(of: bits, magnitude: magnitude), GroupSize<M>.self)
                     if let target {
                         let kept = L.and(bits, keep)
                         if lanes == Self.width {
@@ -149,6 +150,16 @@ public enum NMMask {
                 }
                 writeMask(flags, count: count, at: first)
             }
+        }
+
+        /// The order keys of a vector of elements, as `writeKeys` writes them: the magnitude bits
+        /// (`bits & magnitude`), or for signed values their negation where the sign bit is set.
+        @inline(__always)
+        func keys(of bits: Lanes, magnitude: Lanes) -> Lanes {
+            let m = L.and(bits, magnitude)
+            if score.absolute { return m }
+            // m - 2m in the lanes whose sign bit makes them negative.
+            return L.multiplyAdd(m, L.and(L.greater(Lanes(), bits), m), Lanes(repeating: -2))
         }
 
         /// All ones in each lane of `key` that is kept in its group of `M`, else zero. A lane's
