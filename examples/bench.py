@@ -6,14 +6,15 @@ Run by `make bench` (never by `make test`). Sections:
 - machine: CPU, cores, thread counts, and this run's memory bandwidth measured by a small streaming
   kernel of the project's own (examples/bench_stream.c: a copy with ordinary stores and a read), with
   1 thread and with all threads; compiled with `cc` at startup.
-- kernels: N:M prune, unstructured prune per row and per layer, N:M mask from scores, and
-  sum_squares, over shapes 768x768 .. 11008x4096 and f32/f16/bf16. msp is timed with 1 thread and
+- kernels: N:M prune, unstructured prune per row and per layer, N:M mask from scores,
+  sum_squares and the diagonal Fisher update, over shapes 768x768 .. 11008x4096 and f32/f16/bf16. msp is timed with 1 thread and
   with all threads; every peer is timed on the same buffer, restored (untimed) before every call.
   Reported: medians, peer time / msp time (how many times faster msp is), msp's achieved GB/s and
   its fraction of the copy (or read) bandwidth.
   Bytes counted: in-place prune = read + write of the weights (msp timed without a keep mask;
   "+mask" is the call that also allocates and writes the 1-byte keep mask); mask from scores = read
-  the scores + write the 1-byte mask; sum_squares = read.
+  the scores + write the 1-byte mask; sum_squares = read; diagonal Fisher = read the gradient, read +
+  write the float32 diagonal.
 - planner: the exact solver and the search's own bookkeeping at 224 layers x 16 levels, the library's
   time (ask/tell through ctypes with a precomputed additive fitness) separated from Python's.
 - model (full run only, when the demo's SmolLM2-135M cache exists): msp.torch.Pruner.apply of a
@@ -236,7 +237,7 @@ def numpy_row(W: np.ndarray, sparsity: float) -> np.ndarray:
 
 @dataclass
 class Case:
-    kind: str  # "nm", "row", "layer", "mask", "sum_squares"
+    kind: str  # "nm", "row", "layer", "mask", "sum_squares", "fisher_diagonal"
     label: str  # "2:4", "row 50%", ...
     shape: tuple[int, int]
     dtype: str
@@ -244,7 +245,8 @@ class Case:
     msp_mask: Callable | None = None  # (W) -> mask: the same call returning the keep mask
     peers: dict = field(default_factory=dict)  # name -> (W) -> anything
     numpy_peers: dict = field(default_factory=dict)  # name -> (ndarray) -> anything
-    moved: str = "rw"  # "rw": read + write the buffer; "mask": read + 1 byte/element; "r": read
+    moved: str = "rw"  # "rw": read + write the buffer; "mask": read + 1 byte/element; "r": read;
+    # "diag": read + a float32 diagonal read and written
     scale: bool = False  # Wanda scores: |w| * col_scale
 
 
@@ -304,7 +306,23 @@ def build_cases(quick: bool) -> list[Case]:
         for dt in ["bf16"] if quick else list(DTYPES):
             cases.append(Case("sum_squares", "sum_squares", shape, dt, lambda G: msp.sum_squares(G), None,
                               {"torch (g.float()**2).sum()": lambda G: (G.float() ** 2).sum()}, moved="r"))
+            if not quick:
+                cases.append(fisher_diagonal_case(shape, dt))
     return cases
+
+
+def fisher_diagonal_case(shape: tuple[int, int], dtype: str) -> Case:
+    """msp.add_fisher_diagonal(G, diag) against diag += G.float()**2, on a float32 diagonal of the
+    gradient's shape (allocated at the first call, shared by msp and the peer)."""
+    diag: list[torch.Tensor] = []
+
+    def buffer(G: torch.Tensor) -> torch.Tensor:
+        if not diag:
+            diag.append(torch.zeros(G.shape))
+        return diag[0]
+
+    return Case("fisher_diagonal", "fisher diagonal", shape, dtype, lambda G: msp.add_fisher_diagonal(G, buffer(G)),
+                None, {"torch diag += g.float()**2": lambda G: buffer(G).add_(G.float() ** 2)}, moved="diag")
 
 
 def wanda_case(case: Case, scale: torch.Tensor) -> None:
@@ -328,9 +346,9 @@ def run_case(case: Case, reference: dict, repeats: int) -> dict:
     if case.scale:
         wanda_case(case, torch.rand(cols, generator=generator) + 0.5)
     W = original.clone()
-    restore = (lambda: None) if case.moved in ("mask", "r") else plain_restore(W, original)
+    restore = (lambda: None) if case.moved in ("mask", "r", "diag") else plain_restore(W, original)
     nbytes = W.numel() * W.element_size()
-    moved = {"rw": 2 * nbytes, "mask": nbytes + W.numel(), "r": nbytes}[case.moved]
+    moved = {"rw": 2 * nbytes, "mask": nbytes + W.numel(), "r": nbytes, "diag": nbytes + 8 * W.numel()}[case.moved]
     # One untimed call; a kernel slower than SLOW_PEER_S gets 3 repeats per variant, not `repeats`.
     first = median_time(lambda: case.msp(W), restore, 1, warmup=0)
     repeats = 3 if first > SLOW_PEER_S else repeats
