@@ -18,7 +18,7 @@ enum Prefetch {
     /// Hints the cache lines of the `bytes` bytes that start `offset` bytes after `p`. The range
     /// may lie past the end of the buffer: a hint never faults.
     @inline(__always)
-    static func lines(_ p: UnsafeRawPointer, offset: Int = 0, bytes: Int) {
+    static func lines(_ p: UnsafeRawPointer, offset: Int, bytes: Int) {
         var o = offset
         let end = offset &+ bytes
         while o < end {
