@@ -226,7 +226,7 @@ extension FisherAccumulator {
             for first in stride(from: range.lowerBound, to: range.upperBound, by: run) {
                 Prefetch.lines(g + first, offset: Prefetch.distance, bytes: run * MemoryLayout<E.Bits>.stride)
                 Prefetch.lines(diag + first, offset: Prefetch.distance, bytes: run * MemoryLayout<Float>.stride)
-                body(first..<min(range.upperBound, first + run))
+                body(first..<(first &+ min(run, range.upperBound &- first)))
             }
         }
         let chunks = Threads.chunks(count, minimumPerThread: diagonalMinimumPerThread)

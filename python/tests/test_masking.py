@@ -19,7 +19,7 @@ except ImportError:  # the torch cases skip
     torch = None
 
 BACKENDS = ["np-f32", "np-f16", "torch-f32", "torch-f16", "torch-bf16"]
-PATTERNS = [(1, 4), (2, 4), (3, 4), (1, 8), (2, 8), (4, 8), (7, 8), (4, 16), (1, 32), (31, 32)]
+PATTERNS = [(1, 2), (1, 4), (2, 4), (3, 4), (1, 8), (2, 8), (4, 8), (7, 8), (4, 16), (1, 32), (31, 32)]
 KINDS = ["normal", "ties", "equal", "zeros", "inf", "subnormal"]
 SPARSITIES = [0.0, 0.1, 0.5, 0.75, 0.999]
 
