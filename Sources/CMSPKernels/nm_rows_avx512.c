@@ -17,6 +17,9 @@
 /* Bytes ahead of the reads that the values and index streams are hinted into the cache. */
 #define PREFETCH_AHEAD 2048
 
+/* Fully unrolls the next loop (constant trip count), so that arrays indexed by it stay in registers. */
+#define UNROLL _Pragma("clang loop unroll(full)")
+
 /* Most tokens per pass over a row: 4 partial sums each stay in registers. */
 #define PASS_TOKENS 4
 
@@ -80,24 +83,26 @@ INLINE void pass(int32_t dtype, int T, const mspk_nm_rows *job, int64_t row, int
     const int64_t chunks = job->chunks;
     const float *x = job->x + (int64_t)first * chunks * MSPK_CHUNK;
     __m512 acc[PASS_TOKENS][2][2];
-    for (int t = 0; t < T; t++)
-        for (int s = 0; s < 2; s++) acc[t][s][0] = acc[t][s][1] = _mm512_setzero_ps();
+    UNROLL for (int t = 0; t < T; t++) {
+        UNROLL for (int s = 0; s < 2; s++) acc[t][s][0] = acc[t][s][1] = _mm512_setzero_ps();
+    }
     for (int64_t c = 0; c < chunks; c += 2) {
         /* Chunk c takes partial sums 0, chunk c + 1 partial sums 1. */
-        for (int s = 0; s < 2 && c + s < chunks; s++) {
+        UNROLL for (int s = 0; s < 2; s++) {
+            if (c + s == chunks) break;
             uint32_t k;
             memcpy(&k, index + 4 * (c + s), 4);
             _mm_prefetch((const char *)p + PREFETCH_AHEAD, _MM_HINT_T0);
             if (((c + s) & 15) == 0) _mm_prefetch((const char *)(index + 4 * (c + s)) + PREFETCH_AHEAD, _MM_HINT_T0);
             halves h = decode(dtype, &p, k, job->values_end);
-            for (int t = 0; t < T; t++) {
+            UNROLL for (int t = 0; t < T; t++) {
                 const float *xc = x + (t * chunks + c + s) * MSPK_CHUNK;
                 acc[t][s][0] = _mm512_fmadd_ps(h.first, _mm512_loadu_ps(xc), acc[t][s][0]);
                 acc[t][s][1] = _mm512_fmadd_ps(h.second, _mm512_loadu_ps(xc + 16), acc[t][s][1]);
             }
         }
     }
-    for (int t = 0; t < T; t++)
+    UNROLL for (int t = 0; t < T; t++)
         job->y[(first + t) * job->y_stride + row] = reduce(acc[t][0][0], acc[t][0][1], acc[t][1][0], acc[t][1][1]);
 }
 
