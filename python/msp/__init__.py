@@ -33,6 +33,7 @@ from .levels import Level, nm_levels, ratio_levels
 from .plan import Plan  # binds the submodule msp.plan first; the function below replaces the name
 from .planner import Problem, Search, plan
 from .costs import cost_table
+from .packed import PackedNM, nm_linear, nm_pack
 
 __version__ = version()
 
@@ -57,4 +58,7 @@ __all__ = [
     "Search",
     "plan",
     "cost_table",
+    "PackedNM",
+    "nm_pack",
+    "nm_linear",
 ]
