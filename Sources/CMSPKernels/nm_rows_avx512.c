@@ -28,34 +28,37 @@ typedef struct {
     __m512 first, second;
 } halves;
 
-/* The 32 words from p on, or only the first `count` when a full load would cross `end`. */
-INLINE __m512i load_words(const uint16_t *p, unsigned count, const uint16_t *end) {
-    __m512i raw = end - p >= 32 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(_bzhi_u32(~0u, count), p);
+/* The 32 words from p on; when `checked`, only the first `count` if a full load would cross `end`. */
+INLINE __m512i load_words(const uint16_t *p, unsigned count, const uint16_t *end, int checked) {
+    __m512i raw = !checked || end - p >= 32 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(_bzhi_u32(~0u, count), p);
     IN_REGISTER(raw);
     return raw;
 }
 
-/* The 16 floats from p on, or only the first `count` when a full load would cross `end`. */
-INLINE __m512 load_floats(const float *p, unsigned count, const float *end) {
-    __m512 raw = end - p >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps((__mmask16)_bzhi_u32(~0u, count), p);
+/* The 16 floats from p on; when `checked`, only the first `count` if a full load would cross `end`. */
+INLINE __m512 load_floats(const float *p, unsigned count, const float *end, int checked) {
+    __m512 raw = !checked || end - p >= 16 ? _mm512_loadu_ps(p)
+                                           : _mm512_maskz_loadu_ps((__mmask16)_bzhi_u32(~0u, count), p);
     IN_REGISTER(raw);
     return raw;
 }
 
-/* The chunk whose index word is `k`, from the values at *p on; advances *p past its kept values. */
-INLINE halves decode(int32_t dtype, const void **p, uint32_t k, const void *end) {
+/* The chunk whose index word is `k`, from the values at *p on; advances *p past its kept values.
+ * `checked` (known at compile time) keeps the loads from crossing `end`; rows that end 64 bytes or
+ * more before it need no check. */
+INLINE halves decode(int32_t dtype, const void **p, uint32_t k, const void *end, int checked) {
     halves h;
     unsigned count = (unsigned)_mm_popcnt_u32(k);
     if (dtype == MSPK_F32) {
         const float *v = *p;
         unsigned low = (unsigned)_mm_popcnt_u32(k & 0xFFFF);
-        h.first = _mm512_maskz_expand_ps((__mmask16)k, load_floats(v, low, end));
-        h.second = _mm512_maskz_expand_ps((__mmask16)(k >> 16), load_floats(v + low, count - low, end));
+        h.first = _mm512_maskz_expand_ps((__mmask16)k, load_floats(v, low, end, checked));
+        h.second = _mm512_maskz_expand_ps((__mmask16)(k >> 16), load_floats(v + low, count - low, end, checked));
         *p = v + count;
         return h;
     }
     const uint16_t *v = *p;
-    __m512i w = _mm512_maskz_expand_epi16(k, load_words(v, count, end));
+    __m512i w = _mm512_maskz_expand_epi16(k, load_words(v, count, end, checked));
     *p = v + count;
     if (dtype == MSPK_BF16) {
         h.first = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
@@ -76,8 +79,19 @@ INLINE float reduce(__m512 p00, __m512 p01, __m512 p10, __m512 p11) {
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
 }
 
-/* Row `row` of the job for tokens first .. first + T - 1 (T <= PASS_TOKENS, known at compile time). */
-INLINE void pass(int32_t dtype, int T, const mspk_nm_rows *job, int64_t row, int first) {
+/* Adds chunk c's weights `h` times T tokens (from `x`) to the partial sums of parity s. */
+INLINE void accumulate(int T, __m512 acc[][2][2], int s, halves h, const float *x, int64_t chunks, int64_t c) {
+    UNROLL for (int t = 0; t < T; t++) {
+        const float *xc = x + (t * chunks + c) * MSPK_CHUNK;
+        acc[t][s][0] = _mm512_fmadd_ps(h.first, _mm512_loadu_ps(xc), acc[t][s][0]);
+        acc[t][s][1] = _mm512_fmadd_ps(h.second, _mm512_loadu_ps(xc + 16), acc[t][s][1]);
+    }
+}
+
+/* Row `row` of the job for tokens first .. first + T - 1 (T <= PASS_TOKENS; T and `checked` known
+ * at compile time). Chunks go in pairs, one 64-bit index load and one prefetch per pair: chunk c
+ * takes partial sums 0, chunk c + 1 partial sums 1. */
+INLINE void pass(int32_t dtype, int T, int checked, const mspk_nm_rows *job, int64_t row, int first) {
     const void *p = (const char *)job->values + row * job->values_stride;
     const uint8_t *index = job->index + row * job->index_stride;
     const int64_t chunks = job->chunks;
@@ -86,37 +100,43 @@ INLINE void pass(int32_t dtype, int T, const mspk_nm_rows *job, int64_t row, int
     UNROLL for (int t = 0; t < T; t++) {
         UNROLL for (int s = 0; s < 2; s++) acc[t][s][0] = acc[t][s][1] = _mm512_setzero_ps();
     }
-    for (int64_t c = 0; c < chunks; c += 2) {
-        /* Chunk c takes partial sums 0, chunk c + 1 partial sums 1. */
-        UNROLL for (int s = 0; s < 2; s++) {
-            if (c + s == chunks) break;
-            uint32_t k;
-            memcpy(&k, index + 4 * (c + s), 4);
-            _mm_prefetch((const char *)p + PREFETCH_AHEAD, _MM_HINT_T0);
-            if (((c + s) & 15) == 0) _mm_prefetch((const char *)(index + 4 * (c + s)) + PREFETCH_AHEAD, _MM_HINT_T0);
-            halves h = decode(dtype, &p, k, job->values_end);
-            UNROLL for (int t = 0; t < T; t++) {
-                const float *xc = x + (t * chunks + c + s) * MSPK_CHUNK;
-                acc[t][s][0] = _mm512_fmadd_ps(h.first, _mm512_loadu_ps(xc), acc[t][s][0]);
-                acc[t][s][1] = _mm512_fmadd_ps(h.second, _mm512_loadu_ps(xc + 16), acc[t][s][1]);
-            }
-        }
+    int64_t c = 0;
+    for (; c + 2 <= chunks; c += 2) {
+        uint64_t k;
+        memcpy(&k, index + 4 * c, 8);
+        _mm_prefetch((const char *)p + PREFETCH_AHEAD, _MM_HINT_T0);
+        if ((c & 15) == 0) _mm_prefetch((const char *)(index + 4 * c) + PREFETCH_AHEAD, _MM_HINT_T0);
+        accumulate(T, acc, 0, decode(dtype, &p, (uint32_t)k, job->values_end, checked), x, chunks, c);
+        accumulate(T, acc, 1, decode(dtype, &p, (uint32_t)(k >> 32), job->values_end, checked), x, chunks, c + 1);
+    }
+    if (c < chunks) {
+        uint32_t k;
+        memcpy(&k, index + 4 * c, 4);
+        accumulate(T, acc, 0, decode(dtype, &p, k, job->values_end, checked), x, chunks, c);
     }
     UNROLL for (int t = 0; t < T; t++)
         job->y[(first + t) * job->y_stride + row] = reduce(acc[t][0][0], acc[t][0][1], acc[t][1][0], acc[t][1][1]);
 }
 
+/* One row for all tokens of the job, in passes of up to PASS_TOKENS tokens. */
+INLINE void row_passes(int32_t dtype, int checked, const mspk_nm_rows *job, int64_t row) {
+    for (int first = 0; first < job->tokens; first += PASS_TOKENS) {
+        switch (job->tokens - first) {
+        case 1: pass(dtype, 1, checked, job, row, first); break;
+        case 2: pass(dtype, 2, checked, job, row, first); break;
+        case 3: pass(dtype, 3, checked, job, row, first); break;
+        default: pass(dtype, 4, checked, job, row, first); break;
+        }
+    }
+}
+
 /* All rows and tokens of the job for weights of `dtype` (known at compile time). */
 INLINE void rows(int32_t dtype, const mspk_nm_rows *job) {
     for (int64_t row = 0; row < job->rows; row++) {
-        for (int first = 0; first < job->tokens; first += PASS_TOKENS) {
-            switch (job->tokens - first) {
-            case 1: pass(dtype, 1, job, row, first); break;
-            case 2: pass(dtype, 2, job, row, first); break;
-            case 3: pass(dtype, 3, job, row, first); break;
-            default: pass(dtype, 4, job, row, first); break;
-            }
-        }
+        /* A row whose values end 64 bytes or more before the buffer's end loads without checks. */
+        const char *row_end = (const char *)job->values + (row + 1) * job->values_stride;
+        if ((const char *)job->values_end - row_end >= 64) row_passes(dtype, 0, job, row);
+        else row_passes(dtype, 1, job, row);
     }
 }
 
