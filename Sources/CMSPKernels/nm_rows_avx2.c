@@ -40,10 +40,11 @@ typedef struct {
     __m256 first_lo, first_hi, second_lo, second_hi;
 } halves;
 
-/* The kept 16-bit values of index byte `byte` from p on, moved to their 8 positions. */
-INLINE __m128i expand16(const uint16_t *p, unsigned byte, const uint16_t *end) {
+/* The kept 16-bit values of index byte `byte` from p on, moved to their 8 positions. `checked`
+ * (known at compile time) keeps the load from crossing `end`. */
+INLINE __m128i expand16(const uint16_t *p, unsigned byte, const uint16_t *end, int checked) {
     __m128i raw;
-    if (end - p >= 8) {
+    if (!checked || end - p >= 8) {
         raw = _mm_loadu_si128((const __m128i *)p);
     } else {
         uint16_t tail[8] = {0};
@@ -53,10 +54,11 @@ INLINE __m128i expand16(const uint16_t *p, unsigned byte, const uint16_t *end) {
     return _mm_shuffle_epi8(raw, _mm_load_si128((const __m128i *)shuffle16[byte]));
 }
 
-/* The kept float32 values of index byte `byte` from p on, moved to their 8 positions. */
-INLINE __m256 expand32(const float *p, unsigned byte, const float *end) {
+/* The kept float32 values of index byte `byte` from p on, moved to their 8 positions; `checked` as
+ * for expand16. */
+INLINE __m256 expand32(const float *p, unsigned byte, const float *end, int checked) {
     __m256 raw;
-    if (end - p >= 8) {
+    if (!checked || end - p >= 8) {
         raw = _mm256_loadu_ps(p);
     } else {
         float tail[8] = {0};
@@ -69,24 +71,25 @@ INLINE __m256 expand32(const float *p, unsigned byte, const float *end) {
     return _mm256_blendv_ps(_mm256_setzero_ps(), moved, _mm256_castsi256_ps(kept));
 }
 
-/* The chunk whose index word is `k`, from the values at *p on; advances *p past its kept values. */
-INLINE halves decode(int32_t dtype, const void **p, uint32_t k, const void *end) {
+/* The chunk whose index word is `k`, from the values at *p on; advances *p past its kept values.
+ * Rows that end 32 bytes or more before `end` need no `checked` loads. */
+INLINE halves decode(int32_t dtype, const void **p, uint32_t k, const void *end, int checked) {
     unsigned b0 = k & 0xFF, b1 = k >> 8 & 0xFF, b2 = k >> 16 & 0xFF, b3 = k >> 24;
     unsigned o1 = (unsigned)_mm_popcnt_u32(b0), o2 = (unsigned)_mm_popcnt_u32(k & 0xFFFF);
     unsigned o3 = (unsigned)_mm_popcnt_u32(k & 0xFFFFFF), count = (unsigned)_mm_popcnt_u32(k);
     halves h;
     if (dtype == MSPK_F32) {
         const float *v = *p;
-        h.first_lo = expand32(v, b0, end);
-        h.first_hi = expand32(v + o1, b1, end);
-        h.second_lo = expand32(v + o2, b2, end);
-        h.second_hi = expand32(v + o3, b3, end);
+        h.first_lo = expand32(v, b0, end, checked);
+        h.first_hi = expand32(v + o1, b1, end, checked);
+        h.second_lo = expand32(v + o2, b2, end, checked);
+        h.second_hi = expand32(v + o3, b3, end, checked);
         *p = v + count;
         return h;
     }
     const uint16_t *v = *p;
-    __m128i e0 = expand16(v, b0, end), e1 = expand16(v + o1, b1, end);
-    __m128i e2 = expand16(v + o2, b2, end), e3 = expand16(v + o3, b3, end);
+    __m128i e0 = expand16(v, b0, end, checked), e1 = expand16(v + o1, b1, end, checked);
+    __m128i e2 = expand16(v + o2, b2, end, checked), e3 = expand16(v + o3, b3, end, checked);
     *p = v + count;
     if (dtype == MSPK_BF16) {
         /* Lane j of positions 0..15 holds positions 2j (low half) and 2j + 1 (high half). */
@@ -133,48 +136,63 @@ INLINE float reduce(const partials *a) {
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
 }
 
-/* Decodes chunk c of a row (index bytes `index`, values at *p) with the prefetch hints. */
-INLINE halves next_chunk(int32_t dtype, const void **p, const uint8_t *index, int64_t c, const void *end) {
+/* Decodes chunk c of a row (index bytes `index`, values at *p), hinting the values and the index
+ * ahead every other chunk. */
+INLINE halves next_chunk(int32_t dtype, int checked, const void **p, const uint8_t *index, int64_t c, const void *end) {
     uint32_t k;
     memcpy(&k, index + 4 * c, 4);
-    _mm_prefetch((const char *)*p + PREFETCH_AHEAD, _MM_HINT_T0);
+    if ((c & 1) == 0) _mm_prefetch((const char *)*p + PREFETCH_AHEAD, _MM_HINT_T0);
     if ((c & 15) == 0) _mm_prefetch((const char *)(index + 4 * c) + PREFETCH_AHEAD, _MM_HINT_T0);
-    return decode(dtype, p, k, end);
+    return decode(dtype, p, k, end, checked);
+}
+
+/* One row (values at p, index bytes `index`) for the job's tokens. One token is multiplied as the
+ * chunks are decoded, two at a time so that their partial sums are known at compile time; several
+ * read the row decoded once into scratch, in the layout of the prepared tokens. */
+INLINE void row(int32_t dtype, int checked, const mspk_nm_rows *job, int64_t r, const void *p, const uint8_t *index) {
+    const int64_t chunks = job->chunks;
+    const void *end = job->values_end;
+    partials a;
+    if (job->tokens == 1) {
+        clear(&a);
+        int64_t c = 0;
+        for (; c + 2 <= chunks; c += 2) {
+            accumulate(&a, 0, next_chunk(dtype, checked, &p, index, c, end), job->x + c * MSPK_CHUNK);
+            accumulate(&a, 1, next_chunk(dtype, checked, &p, index, c + 1, end), job->x + (c + 1) * MSPK_CHUNK);
+        }
+        if (c < chunks) accumulate(&a, 0, next_chunk(dtype, checked, &p, index, c, end), job->x + c * MSPK_CHUNK);
+        job->y[r] = reduce(&a);
+        return;
+    }
+    for (int64_t c = 0; c < chunks; c++) {
+        halves w = next_chunk(dtype, checked, &p, index, c, end);
+        float *out = job->scratch + c * MSPK_CHUNK;
+        _mm256_storeu_ps(out, w.first_lo);
+        _mm256_storeu_ps(out + 8, w.first_hi);
+        _mm256_storeu_ps(out + 16, w.second_lo);
+        _mm256_storeu_ps(out + 24, w.second_hi);
+    }
+    for (int t = 0; t < job->tokens; t++) {
+        const float *x = job->x + t * chunks * MSPK_CHUNK;
+        clear(&a);
+        for (int64_t c = 0; c < chunks; c += 2) {
+            for (int s = 0; s < 2 && c + s < chunks; s++) {
+                const float *w = job->scratch + (c + s) * MSPK_CHUNK;
+                halves h = {_mm256_loadu_ps(w), _mm256_loadu_ps(w + 8), _mm256_loadu_ps(w + 16), _mm256_loadu_ps(w + 24)};
+                accumulate(&a, s, h, x + (c + s) * MSPK_CHUNK);
+            }
+        }
+        job->y[t * job->y_stride + r] = reduce(&a);
+    }
 }
 
 /* All rows and tokens of the job for weights of `dtype` (known at compile time). */
 INLINE void rows(int32_t dtype, const mspk_nm_rows *job) {
-    const int64_t chunks = job->chunks;
-    for (int64_t row = 0; row < job->rows; row++) {
-        const void *p = (const char *)job->values + row * job->values_stride;
-        const uint8_t *index = job->index + row * job->index_stride;
-        partials a;
-        if (job->tokens == 1) {
-            clear(&a);
-            for (int64_t c = 0; c < chunks; c++)
-                accumulate(&a, (int)(c & 1), next_chunk(dtype, &p, index, c, job->values_end), job->x + c * MSPK_CHUNK);
-            job->y[row] = reduce(&a);
-            continue;
-        }
-        /* The row's weights once into scratch, in the layout of the prepared tokens. */
-        for (int64_t c = 0; c < chunks; c++) {
-            halves w = next_chunk(dtype, &p, index, c, job->values_end);
-            float *out = job->scratch + c * MSPK_CHUNK;
-            _mm256_storeu_ps(out, w.first_lo);
-            _mm256_storeu_ps(out + 8, w.first_hi);
-            _mm256_storeu_ps(out + 16, w.second_lo);
-            _mm256_storeu_ps(out + 24, w.second_hi);
-        }
-        for (int t = 0; t < job->tokens; t++) {
-            const float *x = job->x + t * chunks * MSPK_CHUNK;
-            clear(&a);
-            for (int64_t c = 0; c < chunks; c++) {
-                const float *w = job->scratch + c * MSPK_CHUNK;
-                halves h = {_mm256_loadu_ps(w), _mm256_loadu_ps(w + 8), _mm256_loadu_ps(w + 16), _mm256_loadu_ps(w + 24)};
-                accumulate(&a, (int)(c & 1), h, x + c * MSPK_CHUNK);
-            }
-            job->y[t * job->y_stride + row] = reduce(&a);
-        }
+    for (int64_t r = 0; r < job->rows; r++) {
+        const char *p = (const char *)job->values + r * job->values_stride;
+        const uint8_t *index = job->index + r * job->index_stride;
+        if ((const char *)job->values_end - (p + job->values_stride) >= 32) row(dtype, 0, job, r, p, index);
+        else row(dtype, 1, job, r, p, index);
     }
 }
 

@@ -20,8 +20,11 @@
 /* Fully unrolls the next loop (constant trip count), so that arrays indexed by it stay in registers. */
 #define UNROLL _Pragma("clang loop unroll(full)")
 
-/* Most tokens per pass over a row: 4 partial sums each stay in registers. */
+/* Most tokens per pass over one row, and over a pair of rows: the 4 partial sums of every (row,
+ * token) stay in registers. */
 #define PASS_TOKENS 4
+#define PAIR_TOKENS 3
+#define ROWS_MAX 2
 
 /* A chunk's weights as float32 half vectors (see mspkernels.h). */
 typedef struct {
@@ -79,64 +82,88 @@ INLINE float reduce(__m512 p00, __m512 p01, __m512 p10, __m512 p11) {
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
 }
 
-/* Adds chunk c's weights `h` times T tokens (from `x`) to the partial sums of parity s. */
-INLINE void accumulate(int T, __m512 acc[][2][2], int s, halves h, const float *x, int64_t chunks, int64_t c) {
-    UNROLL for (int t = 0; t < T; t++) {
-        const float *xc = x + (t * chunks + c) * MSPK_CHUNK;
-        acc[t][s][0] = _mm512_fmadd_ps(h.first, _mm512_loadu_ps(xc), acc[t][s][0]);
-        acc[t][s][1] = _mm512_fmadd_ps(h.second, _mm512_loadu_ps(xc + 16), acc[t][s][1]);
-    }
-}
-
-/* Row `row` of the job for tokens first .. first + T - 1 (T <= PASS_TOKENS; T and `checked` known
- * at compile time). Chunks go in pairs, one 64-bit index load and one prefetch per pair: chunk c
- * takes partial sums 0, chunk c + 1 partial sums 1. */
-INLINE void pass(int32_t dtype, int T, int checked, const mspk_nm_rows *job, int64_t row, int first) {
-    const void *p = (const char *)job->values + row * job->values_stride;
-    const uint8_t *index = job->index + row * job->index_stride;
+/* Rows `row` .. row + R - 1 of the job for tokens first .. first + T - 1 (R * T <= 6; R, T and
+ * `checked` known at compile time): each token's chunk is loaded once for the R rows. Chunks go in
+ * pairs, one 64-bit index load and one prefetch per pair and row: chunk c takes partial sums 0,
+ * chunk c + 1 partial sums 1. */
+INLINE void pass(int32_t dtype, int R, int T, int checked, const mspk_nm_rows *job, int64_t row, int first) {
     const int64_t chunks = job->chunks;
+    const void *p[ROWS_MAX];
+    const uint8_t *index[ROWS_MAX];
+    UNROLL for (int i = 0; i < R; i++) {
+        p[i] = (const char *)job->values + (row + i) * job->values_stride;
+        index[i] = job->index + (row + i) * job->index_stride;
+    }
     const float *x = job->x + (int64_t)first * chunks * MSPK_CHUNK;
-    __m512 acc[PASS_TOKENS][2][2];
-    UNROLL for (int t = 0; t < T; t++) {
-        UNROLL for (int s = 0; s < 2; s++) acc[t][s][0] = acc[t][s][1] = _mm512_setzero_ps();
+    __m512 acc[ROWS_MAX][PASS_TOKENS][2][2];
+    UNROLL for (int i = 0; i < R; i++) {
+        UNROLL for (int t = 0; t < T; t++) {
+            UNROLL for (int s = 0; s < 2; s++) acc[i][t][s][0] = acc[i][t][s][1] = _mm512_setzero_ps();
+        }
     }
-    int64_t c = 0;
-    for (; c + 2 <= chunks; c += 2) {
-        uint64_t k;
-        memcpy(&k, index + 4 * c, 8);
-        _mm_prefetch((const char *)p + PREFETCH_AHEAD, _MM_HINT_T0);
-        if ((c & 15) == 0) _mm_prefetch((const char *)(index + 4 * c) + PREFETCH_AHEAD, _MM_HINT_T0);
-        accumulate(T, acc, 0, decode(dtype, &p, (uint32_t)k, job->values_end, checked), x, chunks, c);
-        accumulate(T, acc, 1, decode(dtype, &p, (uint32_t)(k >> 32), job->values_end, checked), x, chunks, c + 1);
+    for (int64_t c = 0; c < chunks; c += 2) {
+        UNROLL for (int s = 0; s < 2; s++) {
+            if (c + s == chunks) break;
+            halves h[ROWS_MAX];
+            UNROLL for (int i = 0; i < R; i++) {
+                uint32_t k;
+                memcpy(&k, index[i] + 4 * (c + s), 4);
+                if (s == 0) {
+                    _mm_prefetch((const char *)p[i] + PREFETCH_AHEAD, _MM_HINT_T0);
+                    if ((c & 15) == 0) _mm_prefetch((const char *)(index[i] + 4 * c) + PREFETCH_AHEAD, _MM_HINT_T0);
+                }
+                h[i] = decode(dtype, &p[i], k, job->values_end, checked);
+            }
+            UNROLL for (int t = 0; t < T; t++) {
+                const float *xc = x + (t * chunks + c + s) * MSPK_CHUNK;
+                __m512 first_x = _mm512_loadu_ps(xc), second_x = _mm512_loadu_ps(xc + 16);
+                UNROLL for (int i = 0; i < R; i++) {
+                    acc[i][t][s][0] = _mm512_fmadd_ps(h[i].first, first_x, acc[i][t][s][0]);
+                    acc[i][t][s][1] = _mm512_fmadd_ps(h[i].second, second_x, acc[i][t][s][1]);
+                }
+            }
+        }
     }
-    if (c < chunks) {
-        uint32_t k;
-        memcpy(&k, index + 4 * c, 4);
-        accumulate(T, acc, 0, decode(dtype, &p, k, job->values_end, checked), x, chunks, c);
+    UNROLL for (int i = 0; i < R; i++) {
+        UNROLL for (int t = 0; t < T; t++)
+            job->y[(first + t) * job->y_stride + row + i] =
+                reduce(acc[i][t][0][0], acc[i][t][0][1], acc[i][t][1][0], acc[i][t][1][1]);
     }
-    UNROLL for (int t = 0; t < T; t++)
-        job->y[(first + t) * job->y_stride + row] = reduce(acc[t][0][0], acc[t][0][1], acc[t][1][0], acc[t][1][1]);
 }
 
-/* One row for all tokens of the job, in passes of up to PASS_TOKENS tokens. */
-INLINE void row_passes(int32_t dtype, int checked, const mspk_nm_rows *job, int64_t row) {
-    for (int first = 0; first < job->tokens; first += PASS_TOKENS) {
-        switch (job->tokens - first) {
-        case 1: pass(dtype, 1, checked, job, row, first); break;
-        case 2: pass(dtype, 2, checked, job, row, first); break;
-        case 3: pass(dtype, 3, checked, job, row, first); break;
-        default: pass(dtype, 4, checked, job, row, first); break;
+/* Rows `row` .. row + R - 1 (R = 1 or 2) for all tokens of the job, in passes of PASS_TOKENS
+ * tokens over one row or PAIR_TOKENS over two (the last pass takes the rest). */
+INLINE void row_passes(int32_t dtype, int R, int checked, const mspk_nm_rows *job, int64_t row) {
+    const int most = R == 1 ? PASS_TOKENS : PAIR_TOKENS;
+    for (int first = 0; first < job->tokens; first += most) {
+        int left = job->tokens - first;
+        switch (left < most ? left : most) {
+        case 1: pass(dtype, R, 1, checked, job, row, first); break;
+        case 2: pass(dtype, R, 2, checked, job, row, first); break;
+        case 3: pass(dtype, R, 3, checked, job, row, first); break;
+        default:
+            if (R == 1) pass(dtype, 1, 4, checked, job, row, first);
+            break;
         }
     }
 }
 
-/* All rows and tokens of the job for weights of `dtype` (known at compile time). */
+/* All rows and tokens of the job for weights of `dtype` (known at compile time): one token row by
+ * row, several in pairs of rows (each token's chunk then feeds both rows: the tokens, 16 KiB each at
+ * 4096 columns, come from L2, and their loads would otherwise bound the pass). A pair or row whose
+ * values end 64 bytes or more before the buffer's end loads without checks. */
 INLINE void rows(int32_t dtype, const mspk_nm_rows *job) {
-    for (int64_t row = 0; row < job->rows; row++) {
-        /* A row whose values end 64 bytes or more before the buffer's end loads without checks. */
-        const char *row_end = (const char *)job->values + (row + 1) * job->values_stride;
-        if ((const char *)job->values_end - row_end >= 64) row_passes(dtype, 0, job, row);
-        else row_passes(dtype, 1, job, row);
+    const char *values = job->values, *end = job->values_end;
+    int64_t row = 0;
+    if (job->tokens > 1) {
+        for (; row + 2 <= job->rows; row += 2) {
+            if (end - (values + (row + 2) * job->values_stride) >= 64) row_passes(dtype, 2, 0, job, row);
+            else row_passes(dtype, 2, 1, job, row);
+        }
+    }
+    for (; row < job->rows; row++) {
+        if (end - (values + (row + 1) * job->values_stride) >= 64) row_passes(dtype, 1, 0, job, row);
+        else row_passes(dtype, 1, 1, job, row);
     }
 }
 
