@@ -100,8 +100,7 @@ class PackedNM:
     ``msp.InvalidArgumentError``).
 
     Attributes:
-        values: ``[rows, cols // m * n]`` kept weights (numpy array or CPU torch tensor).
-        index: ``[rows, 4 * ceil(cols / 32)]`` uint8 bitmask of the kept columns, same kind as ``values``.
+        values, index: the arrays (read-only attributes; see the properties).
         shape: ``(rows, cols)`` of the dense matrix (``[out_features, in_features]``).
         level: the ``msp.Level`` ``n:m``.
     """
@@ -121,11 +120,23 @@ class PackedNM:
             )
         if _buffers._torch_of(index) is not _buffers._torch_of(matrix.obj):
             raise TypeError("values and index must both be numpy arrays or both torch tensors")
-        self.values = matrix.obj
-        self.index = _index_buffer(index, (rows, 4 * math.ceil(cols / 32)))
+        self._values = matrix.obj
+        self._index = _index_buffer(index, (rows, 4 * math.ceil(cols / 32)))
         self.shape = (rows, cols)
         self.level = level
         self._code = matrix.dtype
+        # The arrays are held for the object's life (read-only attributes): their addresses stay valid.
+        self._values_ptr, self._index_ptr = matrix.ptr, _address(self._index)
+
+    @property
+    def values(self) -> Any:
+        """``[rows, cols // m * n]`` kept weights (numpy array or CPU torch tensor)."""
+        return self._values
+
+    @property
+    def index(self) -> Any:
+        """``[rows, 4 * ceil(cols / 32)]`` uint8 bitmask of the kept columns, same kind as ``values``."""
+        return self._index
 
     @property
     def dtype(self) -> Any:
@@ -150,8 +161,7 @@ class PackedNM:
         rows, cols = self.shape
         dense = _empty(self.values, (rows, cols), self._code)
         lib.msp_nm_unpack(
-            _address(self.values), _address(self.index), self._code, rows, cols, self.level.n, self.level.m,
-            _address(dense),
+            self._values_ptr, self._index_ptr, self._code, rows, cols, self.level.n, self.level.m, _address(dense)
         )
         return dense
 
@@ -226,10 +236,10 @@ def nm_linear(x: Any, packed: PackedNM) -> Any:
     if batch == 0:
         code = _buffers.tensor_code(torch, x, "x") if torch is not None else _buffers.ndarray_code(x, "x", tensor="a torch tensor")
         return _empty(x, (*shape[:-1], rows), code)
-    tokens = _buffers.as_matrix(x.reshape(batch, cols), "x", inplace=False)
-    y = _empty(x, (batch, rows), tokens.dtype)
+    tokens = _buffers.as_matrix(x if len(shape) == 2 else x.reshape(batch, cols), "x", inplace=False)
+    y = _empty(x, (*shape[:-1], rows), tokens.dtype)
     lib.msp_nm_linear(
-        _address(packed.values), _address(packed.index), packed._code, rows, cols, packed.level.n, packed.level.m,
+        packed._values_ptr, packed._index_ptr, packed._code, rows, cols, packed.level.n, packed.level.m,
         tokens.ptr, tokens.dtype, batch, _address(y), tokens.dtype,
     )
-    return y.reshape(*shape[:-1], rows)
+    return y
