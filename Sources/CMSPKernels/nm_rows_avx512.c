@@ -82,10 +82,28 @@ INLINE float reduce(__m512 p00, __m512 p01, __m512 p10, __m512 p11) {
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
 }
 
+/* Partial sums of up to ROWS_MAX rows and PASS_TOKENS tokens: [row][token][parity][half]. */
+typedef __m512 sums[ROWS_MAX][PASS_TOKENS][2][2];
+
+/* Chunk c of R rows (index words k[i], values at p[i]) times T tokens into the partial sums of
+ * parity s: each token's chunk is loaded once for the R rows. */
+INLINE void step(int32_t dtype, int R, int T, int checked, const void *p[], const uint32_t k[], const void *end,
+                 sums acc, int s, const float *x, int64_t chunks, int64_t c) {
+    halves h[ROWS_MAX];
+    UNROLL for (int i = 0; i < R; i++) h[i] = decode(dtype, &p[i], k[i], end, checked);
+    UNROLL for (int t = 0; t < T; t++) {
+        const float *xc = x + (t * chunks + c) * MSPK_CHUNK;
+        __m512 first_x = _mm512_loadu_ps(xc), second_x = _mm512_loadu_ps(xc + 16);
+        UNROLL for (int i = 0; i < R; i++) {
+            acc[i][t][s][0] = _mm512_fmadd_ps(h[i].first, first_x, acc[i][t][s][0]);
+            acc[i][t][s][1] = _mm512_fmadd_ps(h[i].second, second_x, acc[i][t][s][1]);
+        }
+    }
+}
+
 /* Rows `row` .. row + R - 1 of the job for tokens first .. first + T - 1 (R * T <= 6; R, T and
- * `checked` known at compile time): each token's chunk is loaded once for the R rows. Chunks go in
- * pairs, one 64-bit index load and one prefetch per pair and row: chunk c takes partial sums 0,
- * chunk c + 1 partial sums 1. */
+ * `checked` known at compile time). Chunks go in pairs, one 64-bit index load and one prefetch per
+ * pair and row: chunk c takes partial sums 0, chunk c + 1 partial sums 1. */
 INLINE void pass(int32_t dtype, int R, int T, int checked, const mspk_nm_rows *job, int64_t row, int first) {
     const int64_t chunks = job->chunks;
     const void *p[ROWS_MAX];
@@ -95,34 +113,30 @@ INLINE void pass(int32_t dtype, int R, int T, int checked, const mspk_nm_rows *j
         index[i] = job->index + (row + i) * job->index_stride;
     }
     const float *x = job->x + (int64_t)first * chunks * MSPK_CHUNK;
-    __m512 acc[ROWS_MAX][PASS_TOKENS][2][2];
+    sums acc;
     UNROLL for (int i = 0; i < R; i++) {
         UNROLL for (int t = 0; t < T; t++) {
             UNROLL for (int s = 0; s < 2; s++) acc[i][t][s][0] = acc[i][t][s][1] = _mm512_setzero_ps();
         }
     }
-    for (int64_t c = 0; c < chunks; c += 2) {
-        UNROLL for (int s = 0; s < 2; s++) {
-            if (c + s == chunks) break;
-            halves h[ROWS_MAX];
-            UNROLL for (int i = 0; i < R; i++) {
-                uint32_t k;
-                memcpy(&k, index[i] + 4 * (c + s), 4);
-                if (s == 0) {
-                    _mm_prefetch((const char *)p[i] + PREFETCH_AHEAD, _MM_HINT_T0);
-                    if ((c & 15) == 0) _mm_prefetch((const char *)(index[i] + 4 * c) + PREFETCH_AHEAD, _MM_HINT_T0);
-                }
-                h[i] = decode(dtype, &p[i], k, job->values_end, checked);
-            }
-            UNROLL for (int t = 0; t < T; t++) {
-                const float *xc = x + (t * chunks + c + s) * MSPK_CHUNK;
-                __m512 first_x = _mm512_loadu_ps(xc), second_x = _mm512_loadu_ps(xc + 16);
-                UNROLL for (int i = 0; i < R; i++) {
-                    acc[i][t][s][0] = _mm512_fmadd_ps(h[i].first, first_x, acc[i][t][s][0]);
-                    acc[i][t][s][1] = _mm512_fmadd_ps(h[i].second, second_x, acc[i][t][s][1]);
-                }
-            }
+    int64_t c = 0;
+    for (; c + 2 <= chunks; c += 2) {
+        uint32_t even[ROWS_MAX], odd[ROWS_MAX];
+        UNROLL for (int i = 0; i < R; i++) {
+            uint64_t k;
+            memcpy(&k, index[i] + 4 * c, 8);
+            even[i] = (uint32_t)k;
+            odd[i] = (uint32_t)(k >> 32);
+            _mm_prefetch((const char *)p[i] + PREFETCH_AHEAD, _MM_HINT_T0);
+            if ((c & 15) == 0) _mm_prefetch((const char *)(index[i] + 4 * c) + PREFETCH_AHEAD, _MM_HINT_T0);
         }
+        step(dtype, R, T, checked, p, even, job->values_end, acc, 0, x, chunks, c);
+        step(dtype, R, T, checked, p, odd, job->values_end, acc, 1, x, chunks, c + 1);
+    }
+    if (c < chunks) {
+        uint32_t last[ROWS_MAX];
+        UNROLL for (int i = 0; i < R; i++) memcpy(&last[i], index[i] + 4 * c, 4);
+        step(dtype, R, T, checked, p, last, job->values_end, acc, 0, x, chunks, c);
     }
     UNROLL for (int i = 0; i < R; i++) {
         UNROLL for (int t = 0; t < T; t++)
