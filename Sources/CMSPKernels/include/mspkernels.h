@@ -63,6 +63,13 @@ typedef struct mspk_nm_rows {
     float *scratch;          /* chunks x 32 floats for the AVX2 kernel when tokens > 1, else unused */
 } mspk_nm_rows;
 
+/* The first of `rows` rows of a packed index (`words` little-endian 32-bit words per row, 4 * words
+ * bytes apart) whose words do not all count exactly `full` set bits per field of m bits (the last
+ * word: `last`), or -1: the index check for a group size m = 2, 4, 8, 16 or 32 (groups never straddle
+ * words), `full` holding n in every field and `last` the same below cols and 0 above. */
+MSPK_HIDDEN int64_t mspk_index_first_bad_row(const uint8_t *index, int64_t rows, int64_t words, int32_t m,
+                                             uint32_t full, uint32_t last);
+
 /* Whether prepared tokens use the bfloat16 mapping (even and odd positions) for weights of `dtype`. */
 static inline int mspk_x_interleaved(int32_t dtype) { return dtype == MSPK_BF16; }
 
