@@ -196,17 +196,18 @@ INLINE void rows(int32_t dtype, const mspk_nm_rows *job) {
     }
 }
 
-AVX2 void mspk_nm_rows_avx2(const mspk_nm_rows *job) {
+AVX2 int64_t mspk_nm_rows_avx2(const mspk_nm_rows *job) {
     pthread_once(&tables_once, fill_tables);
     switch (job->dtype) {
     case MSPK_F32: rows(MSPK_F32, job); break;
     case MSPK_F16: rows(MSPK_F16, job); break;
     default: rows(MSPK_BF16, job); break;
     }
+    return -1;
 }
 
 #else
 
-void mspk_nm_rows_avx2(const mspk_nm_rows *job) { mspk_nm_rows_portable(job); }
+int64_t mspk_nm_rows_avx2(const mspk_nm_rows *job) { return mspk_nm_rows_portable(job); }
 
 #endif

@@ -35,7 +35,7 @@ static float element(int32_t dtype, const void *values, int64_t i) {
     return v;
 }
 
-void mspk_nm_rows_portable(const mspk_nm_rows *job) {
+int64_t mspk_nm_rows_portable(const mspk_nm_rows *job) {
     const int64_t chunks = job->chunks;
     float acc[MSPK_MAX_TOKENS][2][2][16];
     for (int64_t row = 0; row < job->rows; row++) {
@@ -68,4 +68,5 @@ void mspk_nm_rows_portable(const mspk_nm_rows *job) {
             job->y[t * job->y_stride + row] = s[0];
         }
     }
+    return -1;
 }

@@ -9,7 +9,7 @@ public enum KernelISA: Int32, Sendable, CaseIterable, CustomStringConvertible {
     case portable = 0
     /// x86-64-v3: AVX2 and FMA (the least an x86-64 build of msp runs on).
     case avx2 = 1
-    /// AVX-512 F, BW, VL, DQ and VBMI2 (`vpexpandw`).
+    /// AVX-512 F, BW, VL, DQ, VBMI2 (`vpexpandw`), BITALG and VPOPCNTDQ.
     case avx512 = 2
 
     /// The instruction sets this CPU runs, in increasing order.
@@ -29,7 +29,8 @@ public enum KernelISA: Int32, Sendable, CaseIterable, CustomStringConvertible {
     }
 
     /// Runs this instruction set's kernel on a job; the CPU must support it.
-    func run(_ job: UnsafePointer<mspk_nm_rows>) {
+    /// - Returns: -1, or the first row of the job whose index failed the kernel's check.
+    func run(_ job: UnsafePointer<mspk_nm_rows>) -> Int64 {
         switch self {
         case .portable: mspk_nm_rows_portable(job)
         case .avx2: mspk_nm_rows_avx2(job)

@@ -75,24 +75,40 @@ public enum NMLinear {
     ) throws {
         let perThread = max(1, minimumWeightsPerThread / layout.cols)
         let scratchCount = isa == .avx2 && tokens > 1 ? layout.chunks * NMPackedLayout.chunk : 0
+        // The AVX-512 kernel checks the index of group sizes dividing 32 as it reads it; other
+        // kernels and group sizes have each block checked first.
+        let counts = isa == .avx512 && checkIndex ? layout.wordCounts : nil
+        let checkFirst = checkIndex && counts == nil
         _ = try Threads.map(layout.rows, minimumPerThread: perThread) { rows in
             try withScratch(Float.self, scratchCount) { scratch in
                 var job = mspk_nm_rows(
                     values: nil, index: nil, values_end: values + layout.valuesBytes, rows: 0,
                     chunks: Int64(layout.chunks), values_stride: Int64(layout.valuesStride),
                     index_stride: Int64(layout.indexStride), dtype: layout.type.rawValue, tokens: Int32(tokens),
-                    x: xs, y: nil, y_stride: Int64(layout.rows), scratch: scratch)
+                    x: xs, y: nil, y_stride: Int64(layout.rows), scratch: scratch,
+                    check_m: counts == nil ? 0 : Int32(layout.pattern.m), check_full: counts?.full ?? 0,
+                    check_last: counts?.last ?? 0)
                 for start in stride(from: rows.lowerBound, to: rows.upperBound, by: blockRows) {
                     let end = min(start + blockRows, rows.upperBound)
-                    if checkIndex { try layout.checkIndex(index, rows: start..<end) }
+                    if checkFirst { try layout.checkIndex(index, rows: start..<end) }
                     job.values = values + start * layout.valuesStride
                     job.index = (index + start * layout.indexStride).assumingMemoryBound(to: UInt8.self)
                     job.rows = Int64(end - start)
                     job.y = ys + start
-                    isa.run(&job)
+                    if isa.run(&job) >= 0 {
+                        // The block's first bad row in row order, with its message.
+                        try layout.checkIndex(index, rows: start..<end)
+                        throw KernelDisagreement(rows: start..<end)
+                    }
                 }
             }
         }
+    }
+
+    /// A kernel reported a bad index that the index check passes: a bug (an internal error at the C
+    /// boundary).
+    struct KernelDisagreement: Error {
+        let rows: Range<Int>
     }
 
     /// Writes `tokens` of x widened to float32 in the kernels' chunk layout: per token `chunks x 32`

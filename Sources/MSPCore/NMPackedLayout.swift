@@ -73,20 +73,27 @@ public struct NMPackedLayout: Sendable, Equatable {
     /// - Throws: `MSPError.invalidArgument` naming the first bad row and group, in row order.
     public func checkIndex(_ index: UnsafeRawPointer, rows: Range<Int>) throws {
         guard !rows.isEmpty else { return }
-        let m = pattern.m
-        if Self.chunk % m == 0 {
-            let ones = m == Self.chunk ? UInt32(1) : UInt32.max / (UInt32.max >> (32 - m))
-            let full = ones &* UInt32(pattern.n)
-            let tail = cols - (chunks - 1) * Self.chunk
-            let last = tail == Self.chunk ? full : full & (UInt32(1) << tail - 1)
+        if let (full, last) = wordCounts {
             let first = (index + rows.lowerBound * indexStride).assumingMemoryBound(to: UInt8.self)
-            let bad = mspk_index_first_bad_row(first, Int64(rows.count), Int64(chunks), Int32(m), full, last)
+            let bad = mspk_index_first_bad_row(first, Int64(rows.count), Int64(chunks), Int32(pattern.m), full, last)
             if bad >= 0 { throw indexError(row: rows.lowerBound + Int(bad), index: index) }
         } else {
             for r in rows where firstBadGroup(index + r * indexStride) != nil || !paddingIsClear(index + r * indexStride) {
                 throw indexError(row: r, index: index)
             }
         }
+    }
+
+    /// For a group size that divides 32: the set bits every index word must count per field of `m`
+    /// bits (`n` in each field), and those of a row's last word (`n` in the fields below `cols`, 0
+    /// above). `nil` for other group sizes, whose groups straddle words.
+    public var wordCounts: (full: UInt32, last: UInt32)? {
+        let m = pattern.m
+        guard Self.chunk % m == 0 else { return nil }
+        let ones = m == Self.chunk ? UInt32(1) : UInt32.max / (UInt32.max >> (32 - m))
+        let full = ones &* UInt32(pattern.n)
+        let tail = cols - (chunks - 1) * Self.chunk
+        return (full, tail == Self.chunk ? full : full & (UInt32(1) << tail - 1))
     }
 
     /// Word `w` of a row's index.

@@ -148,6 +148,48 @@ struct NMLinearTests {
         #expect(y == [UInt32](repeating: 0x7FC0_1234, count: batch * 40))
     }
 
+    /// Every kernel refuses an index that breaks the format wherever the break is (the AVX-512 kernel
+    /// checks 16 index words at a time as it reads them, the others a block of rows first), with the
+    /// message of the index check, for one token and for pairs of rows.
+    @Test(arguments: [(1, 2), (3, 4), (2, 8), (5, 16), (8, 32), (2, 3)])
+    func everyKernelRefusesABadIndex(n: Int, m: Int) throws {
+        // 38 chunks (index words checked 16, 16 and 6 at a time), 2 chunks, and 17 (the odd last
+        // chunk starts a group of 16), rounded down to whole groups.
+        for cols in [1216, 40, 544].map({ $0 / m * m }) {
+            var p = try Packed(rows: 5, cols: cols, n: n, m: m, type: .bf16, seed: UInt64(cols))
+            let good = p.index, stride = p.layout.indexStride
+            // A kept bit moved out of its group (group 0, the group of chunk 16 or the last group),
+            // and a padding bit set.
+            var breaks: [Int] = []
+            for column in [0, min(16 * 32, cols - m), cols - m] {
+                let kept = (column..<(column + m)).first { good[3 * stride + $0 / 8] >> ($0 % 8) & 1 == 1 }!
+                breaks.append(kept)
+            }
+            var cases: [[UInt8]] = breaks.map { bit in
+                var index = good
+                index[3 * stride + bit / 8] ^= 1 << (bit % 8)
+                return index
+            }
+            if cols % 32 != 0 {
+                var index = good
+                index[3 * stride + stride - 1] |= 0x80
+                cases.append(index)
+            }
+            for index in cases {
+                let expected = try #require(throws: MSPError.self) {
+                    try index.withUnsafeBytes { try p.layout.checkIndex($0.baseAddress!, rows: 0..<5) }
+                }
+                p.index = index
+                for isa in KernelISA.supported {
+                    for batch in [1, 3] {
+                        let x = tokens(batch: batch, cols: cols, type: .f32, seed: 1)
+                        #expect(throws: expected) { _ = try p.multiply(x, batch: batch, isa: isa) }
+                    }
+                }
+            }
+        }
+    }
+
     @Test func badBatchAndUnsupportedKernelsAreErrors() throws {
         var p = try Packed(rows: 2, cols: 8, n: 1, m: 4, type: .f32, seed: 1)
         let x = tokens(batch: 1, cols: 8, type: .f32, seed: 1)

@@ -27,7 +27,7 @@
 /* Instruction sets, in increasing order. */
 #define MSPK_ISA_PORTABLE 0 /* plain C: any machine (aarch64 builds) */
 #define MSPK_ISA_AVX2 1     /* x86-64-v3: AVX2, FMA, F16C, BMI2, POPCNT */
-#define MSPK_ISA_AVX512 2   /* AVX-512 F, BW, VL, DQ and VBMI2 (vpexpandw) */
+#define MSPK_ISA_AVX512 2   /* AVX-512 F, BW, VL, DQ, VBMI2 (vpexpandw), BITALG and VPOPCNTDQ */
 
 /* Element type codes, as MSP_DTYPE_*. */
 #define MSPK_F32 0
@@ -61,6 +61,10 @@ typedef struct mspk_nm_rows {
     float *y;                /* result of row i, token t at y[t * y_stride + i] */
     int64_t y_stride;
     float *scratch;          /* chunks x 32 floats for the AVX2 kernel when tokens > 1, else unused */
+    int32_t check_m;         /* AVX-512 only: m (2, 4, 8, 16 or 32) to check each row's index as it is
+                                read, as mspk_index_first_bad_row does; 0 when it was checked before */
+    uint32_t check_full;     /* with check_m: the count fields of an index word */
+    uint32_t check_last;     /* with check_m: those of a row's last word */
 } mspk_nm_rows;
 
 /* The first of `rows` rows of a packed index (`words` little-endian 32-bit words per row, 4 * words
@@ -73,10 +77,12 @@ MSPK_HIDDEN int64_t mspk_index_first_bad_row(const uint8_t *index, int64_t rows,
 /* Whether prepared tokens use the bfloat16 mapping (even and odd positions) for weights of `dtype`. */
 static inline int mspk_x_interleaved(int32_t dtype) { return dtype == MSPK_BF16; }
 
-/* The kernels. Each computes job->rows rows for job->tokens tokens with the summation order above.
- * mspk_nm_rows_avx512 and mspk_nm_rows_avx2 run only on CPUs with those instruction sets. */
-MSPK_HIDDEN void mspk_nm_rows_avx512(const mspk_nm_rows *job);
-MSPK_HIDDEN void mspk_nm_rows_avx2(const mspk_nm_rows *job);
-MSPK_HIDDEN void mspk_nm_rows_portable(const mspk_nm_rows *job);
+/* The kernels. Each computes job->rows rows for job->tokens tokens with the summation order above
+ * and returns -1; with job->check_m, the AVX-512 kernel checks each row's index before it reads the
+ * row's values, and stops at a bad row, returning its number in the job. mspk_nm_rows_avx512 and
+ * mspk_nm_rows_avx2 run only on CPUs with those instruction sets. */
+MSPK_HIDDEN int64_t mspk_nm_rows_avx512(const mspk_nm_rows *job);
+MSPK_HIDDEN int64_t mspk_nm_rows_avx2(const mspk_nm_rows *job);
+MSPK_HIDDEN int64_t mspk_nm_rows_portable(const mspk_nm_rows *job);
 
 #endif
