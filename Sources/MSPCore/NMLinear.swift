@@ -18,8 +18,9 @@ public enum NMLinear {
     public static let tileTokens = Int(MSPK_MAX_TOKENS)
     /// Rows whose index is checked and computed per kernel call (their index stays in L1).
     static let blockRows = 8
-    /// Weights per thread at least: smaller matrices stay on one thread.
-    static let minimumWeightsPerThread = 1 << 18
+    /// Weights per thread at least: smaller matrices (576x1536 included) stay on one thread, where
+    /// a second one measured no faster (tens of microseconds of work).
+    static let minimumWeightsPerThread = 1 << 20
 
     /// Computes `y[t][r] = Σ_c W[r][c] · x[t][c]` for every token `t < batch` and row `r`.
     /// - Parameters:
