@@ -49,11 +49,7 @@ public enum NMLinear {
         // One tile: its index is checked as it is read; several: the whole index first, since the
         // first tile's results are stored before the last rows are read again.
         let checkAhead = batch > tileTokens
-        if checkAhead {
-            _ = try Threads.map(layout.rows, minimumPerThread: max(1, 65536 / layout.cols)) {
-                try layout.checkIndex(index, rows: $0)
-            }
-        }
+        if checkAhead { try layout.checkIndex(index) }
         // Prepared tokens start on a cache line: the kernels' 64-byte loads of them then never
         // straddle two lines (measured 15% faster on one token).
         try withScratch(Float.self, xCount + 16) { xBuffer in

@@ -38,8 +38,7 @@ public enum NMPack {
     public static func unpack(
         values: UnsafeRawPointer, index: UnsafeRawPointer, _ layout: NMPackedLayout, weights: UnsafeMutableRawPointer
     ) throws {
-        let perThread = max(1, 65536 / layout.cols)
-        _ = try Threads.map(layout.rows, minimumPerThread: perThread) { try layout.checkIndex(index, rows: $0) }
+        try layout.checkIndex(index)
         switch layout.type {
         case .f32: try unpack(UInt32.self, values, index, layout, weights)
         case .f16, .bf16: try unpack(UInt16.self, values, index, layout, weights)

@@ -84,6 +84,13 @@ public struct NMPackedLayout: Sendable, Equatable {
         }
     }
 
+    /// Checks the index of every row, rows split across threads (the first bad row in row order is
+    /// reported, whatever the thread count).
+    /// - Throws: as `checkIndex(_:rows:)`.
+    public func checkIndex(_ index: UnsafeRawPointer) throws {
+        _ = try Threads.map(rows, minimumPerThread: max(1, 65536 / cols)) { try checkIndex(index, rows: $0) }
+    }
+
     /// For a group size that divides 32: the set bits every index word must count per field of `m`
     /// bits (`n` in each field), and those of a row's last word (`n` in the fields below `cols`, 0
     /// above). `nil` for other group sizes, whose groups straddle words.

@@ -99,10 +99,8 @@ class PackedNM:
     at every :meth:`unpack` and :func:`nm_linear`, where a bad index raises
     ``msp.InvalidArgumentError``).
 
-    Attributes:
-        values, index: the arrays (read-only attributes; see the properties).
-        shape: ``(rows, cols)`` of the dense matrix (``[out_features, in_features]``).
-        level: the ``msp.Level`` ``n:m``.
+    All attributes are read-only: the library reads the arrays by the shape and level they were
+    given with.
     """
 
     def __init__(self, values: Any, index: Any, shape: tuple[int, int], level: Any) -> None:
@@ -122,11 +120,21 @@ class PackedNM:
             raise TypeError("values and index must both be numpy arrays or both torch tensors")
         self._values = matrix.obj
         self._index = _index_buffer(index, (rows, 4 * math.ceil(cols / 32)))
-        self.shape = (rows, cols)
-        self.level = level
+        self._shape = (rows, cols)
+        self._level = level
         self._code = matrix.dtype
         # The arrays are held for the object's life (read-only attributes): their addresses stay valid.
         self._values_ptr, self._index_ptr = matrix.ptr, _address(self._index)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of the dense matrix (``[out_features, in_features]``)."""
+        return self._shape
+
+    @property
+    def level(self) -> Level:
+        """The ``msp.Level`` ``n:m``."""
+        return self._level
 
     @property
     def values(self) -> Any:

@@ -159,6 +159,9 @@ def test_constructor_from_arrays():
         msp.PackedNM(packed.values, packed.index.numpy(), (6, 64), "2:8")
     with pytest.raises(ValueError, match="multiple of m"):
         msp.PackedNM(packed.values, packed.index, (6, 60), "2:8")
+    for name in ("values", "index", "shape", "level"):
+        with pytest.raises(AttributeError):
+            setattr(loaded, name, getattr(packed, name))
     # A corrupt index: caught by the library when it is read, naming the row and group.
     bad = msp.PackedNM(packed.values, packed.index.clone(), (6, 64), "2:8")
     bad.index[4, 1] = 0xFF
