@@ -83,8 +83,8 @@ def with_threads(n: int, fn):
 
 
 def interleaved(variants: dict, repeats: int, blocks: int = 3) -> dict:
-    """The median and the least ms of each variant ({name: (median, least)}), `name -> (call(i), copies)`, each call on the variant's next weight
-    copy. The variants take turns in `blocks` blocks of consecutive calls, so that a change in the
+    """The median and the least ms ({name: (median, least)}) of each variant, `name -> (call(i),
+    copies)`, each call on the variant's next weight copy. The variants take turns in `blocks` blocks of consecutive calls, so that a change in the
     load of a shared machine hits all of them alike; calls per block: as many as take about 0.1 s,
     from `repeats` to 10 x `repeats`, after one untimed pass over every copy. Each block waits
     50 ms first: torch's OpenMP threads spin for a while after a parallel call, and would take the

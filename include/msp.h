@@ -258,10 +258,10 @@ msp_status msp_nm_unpack(const void *values, const uint8_t *index, msp_dtype dty
  *   y_dtype         MSP_DTYPE_F32, MSP_DTYPE_F16 or MSP_DTYPE_BF16 (x_dtype for torch's behaviour,
  *                   MSP_DTYPE_F32 for the unrounded sums).
  *
- * Kernels: AVX-512 (F, BW, VL, DQ, VBMI2: vpexpandw) where the CPU has it, else AVX2 with FMA, else
- * portable C; all give the same bits. The environment variable MSP_ISA=avx2 or MSP_ISA=portable,
- * read once per process, caps the choice (msp_nm_linear_isa says which runs). Uses scratch of about
- * 16 x (cols + rows) floats.
+ * Kernels: AVX-512 (F, BW, VL, DQ, VBMI2, BITALG, VPOPCNTDQ) where the CPU has it, else AVX2 with
+ * FMA, else portable C; all give the same bits. The environment variable MSP_ISA=avx2 or
+ * MSP_ISA=portable, read once per process, caps the choice (msp_nm_linear_isa says which runs).
+ * Uses scratch of about 16 x (cols + rows) floats.
  * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL pointer, bad size, dtype, pattern or batch, an index
  * that breaks the format: y unchanged); MSP_ERR_OUT_OF_MEMORY.
  */

@@ -197,15 +197,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                     for (int64_t c = 0; c < cols; c++) {
                         uint32_t got = fz_element_bits(dense, dtype, (size_t)(r * cols + c));
                         uint32_t want = kept(index + r * stride, c) ? fz_element_bits(values, dtype, next++) : 0;
-                        FZ_CHECK(got == want, "msp_nm_unpack [%lld][%lld] = %x, want %x", (long long)r, (long long)c, got, want);
+                        FZ_CHECK(got == want, "msp_nm_unpack [%lld][%lld] = %x, want %x", (long long)r, (long long)c,
+                                 got, want);
                     }
             } else {
-                for (size_t i = 0; i < count * width; i++) FZ_CHECK(((uint8_t *)dense)[i] == 0x3C, "weights_out written on error");
+                for (size_t i = 0; i < count * width; i++)
+                    FZ_CHECK(((uint8_t *)dense)[i] == 0x3C, "weights_out written on error");
             }
             free(dense);
         } else {
             msp_dtype x_dtype = fz_dtype(&in), y_dtype = fz_dtype(&in);
-            size_t xw = fz_valid_dtype(x_dtype) ? fz_width(x_dtype) : 4, yw = fz_valid_dtype(y_dtype) ? fz_width(y_dtype) : 4;
+            size_t xw = fz_valid_dtype(x_dtype) ? fz_width(x_dtype) : 4;
+            size_t yw = fz_valid_dtype(y_dtype) ? fz_width(y_dtype) : 4;
             int64_t batch = fz_range(&in, 1, 20);
             if (fz_u8(&in) >= 248) {
                 /* A batch the header rejects: not positive, or too many tokens or results to address. */
@@ -236,9 +239,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 for (size_t i = 0; i < results * yw; i++) FZ_CHECK(((uint8_t *)y)[i] == 0x3C, "y written on error");
             } else {
                 /* The same bits on 2 threads; the float32 sums, rounded, give a 16-bit y. */
-                FZ_CHECK(linear(values, index, dtype, rows, cols, n, m, x, x_dtype, batch, y2, y_dtype, 2) == MSP_OK, "2 threads");
+                FZ_CHECK(linear(values, index, dtype, rows, cols, n, m, x, x_dtype, batch, y2, y_dtype, 2) == MSP_OK,
+                         "2 threads");
                 FZ_CHECK(memcmp(y, y2, results * yw) == 0, "msp_nm_linear differs between 1 and 2 threads");
-                FZ_CHECK(linear(values, index, dtype, rows, cols, n, m, x, x_dtype, batch, wide, MSP_DTYPE_F32, 1) == MSP_OK, "f32");
+                FZ_CHECK(linear(values, index, dtype, rows, cols, n, m, x, x_dtype, batch, wide, MSP_DTYPE_F32, 1) ==
+                             MSP_OK, "f32");
                 for (size_t i = 0; i < results; i++) {
                     if (y_dtype == MSP_DTYPE_F32) continue;
                     uint16_t want = y_dtype == MSP_DTYPE_BF16 ? to_bf16(wide[i]) : to_f16(wide[i]);

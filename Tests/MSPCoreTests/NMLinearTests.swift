@@ -13,20 +13,25 @@ struct NMLinearTests {
 
         init(rows: Int, cols: Int, n: Int, m: Int, type: ElementType, seed: UInt64) throws {
             var rng = SplitMix64(seed: seed)
-            let t = TestMatrix(rows: rows, cols: cols, type: type, values: (0..<(rows * cols)).map { _ in Float.random(in: -2...2, using: &rng) })
+            let floats = (0..<(rows * cols)).map { _ in Float.random(in: -2...2, using: &rng) }
+            let t = TestMatrix(rows: rows, cols: cols, type: type, values: floats)
             layout = try NMPackedLayout(rows: rows, cols: cols, pattern: NMPattern(n: n, m: m), type: type)
             (values, index, dense) = referencePack(t, n: n, m: m)
         }
 
         /// y (batch x rows, float32 bits) from the library.
-        mutating func multiply(_ x: TestMatrix, batch: Int, yType: ElementType = .f32, isa: KernelISA = .selected) throws -> [UInt32] {
+        mutating func multiply(
+            _ x: TestMatrix, batch: Int, yType: ElementType = .f32, isa: KernelISA = .selected
+        ) throws -> [UInt32] {
             var y = [UInt32](repeating: 0x7FC0_1234, count: batch * layout.rows)
             var x = x
             let layout = layout, index = index, xType = x.type
             try withElements(&values, layout.type) { v in
                 try x.withBuffer { xp, _ in
                     try withElements(&y, yType) { yp in
-                        try NMLinear.apply(values: v, index: index, layout, x: xp, xType: xType, batch: batch, y: yp, yType: yType, isa: isa)
+                        try NMLinear.apply(
+                            values: v, index: index, layout, x: xp, xType: xType, batch: batch, y: yp, yType: yType,
+                            isa: isa)
                     }
                 }
             }
@@ -44,7 +49,9 @@ struct NMLinearTests {
     /// Checks y against the float64 product: |y - y64| <= (ceil(cols / 64) + 6) * 2^-24 * Σ|w x|, the
     /// bound of recursive summation for the chains of ceil(cols / 64) fused multiply-adds per partial
     /// sum and the 6 additions that fold the partial sums.
-    func expectWithinBound(_ y: [Float], _ p: Packed, _ x: TestMatrix, batch: Int, sourceLocation: SourceLocation = #_sourceLocation) {
+    func expectWithinBound(
+        _ y: [Float], _ p: Packed, _ x: TestMatrix, batch: Int, sourceLocation: SourceLocation = #_sourceLocation
+    ) {
         let rows = p.layout.rows, cols = p.layout.cols
         let factor = (Double((cols + 63) / 64) + 6) * 0x1p-24
         for t in 0..<batch {
@@ -55,12 +62,16 @@ struct NMLinearTests {
                     exact += term
                     magnitude += abs(term)
                 }
-                #expect(abs(Double(y[t * rows + r]) - exact) <= factor * magnitude, "row \(r) token \(t)", sourceLocation: sourceLocation)
+                #expect(
+                    abs(Double(y[t * rows + r]) - exact) <= factor * magnitude, "row \(r) token \(t)",
+                    sourceLocation: sourceLocation)
             }
         }
     }
 
-    static let patterns: [(Int, Int)] = [(1, 2), (2, 4), (1, 8), (2, 8), (4, 8), (7, 8), (3, 16), (8, 32), (31, 32), (2, 3), (5, 12)]
+    static let patterns: [(Int, Int)] = [
+        (1, 2), (2, 4), (1, 8), (2, 8), (4, 8), (7, 8), (3, 16), (8, 32), (31, 32), (2, 3), (5, 12),
+    ]
 
     @Test(arguments: ElementType.allCases, patterns)
     func everyInstructionSetGivesTheReferenceBits(type: ElementType, pattern: (Int, Int)) throws {
@@ -132,7 +143,8 @@ struct NMLinearTests {
         var p = try Packed(rows: 40, cols: 64, n: 2, m: 8, type: .bf16, seed: 8)
         p.index[37 * p.layout.indexStride + 2] |= 0xFF  // row 37, columns 16..<24: 8 kept
         let x = tokens(batch: batch, cols: 64, type: .bf16, seed: 1)
-        #expect(throws: MSPError.invalidArgument("index row 37: group 2 (columns 16..<24) marks 8 kept columns, not n = 2")) {
+        let message = "index row 37: group 2 (columns 16..<24) marks 8 kept columns, not n = 2"
+        #expect(throws: MSPError.invalidArgument(message)) {
             _ = try p.multiply(x, batch: batch)
         }
         var y = [UInt32](repeating: 0x7FC0_1234, count: batch * 40)
@@ -141,7 +153,9 @@ struct NMLinearTests {
         _ = try? withElements(&values, .bf16) { v in
             try withElements(&y, .f32) { yp in
                 try x.bits.map(UInt16.init).withUnsafeBytes { xp in
-                    try NMLinear.apply(values: v, index: index, layout, x: xp.baseAddress!, xType: .bf16, batch: batch, y: yp, yType: .f32)
+                    try NMLinear.apply(
+                        values: v, index: index, layout, x: xp.baseAddress!, xType: .bf16, batch: batch, y: yp,
+                        yType: .f32)
                 }
             }
         }
@@ -195,7 +209,9 @@ struct NMLinearTests {
         let x = tokens(batch: 1, cols: 8, type: .f32, seed: 1)
         #expect(throws: MSPError.invalidArgument("batch (0) must be > 0")) { _ = try p.multiply(x, batch: 0) }
         for isa in KernelISA.allCases where !KernelISA.supported.contains(isa) {
-            #expect(throws: MSPError.invalidArgument("this CPU does not run the \(isa) kernels")) { _ = try p.multiply(x, batch: 1, isa: isa) }
+            #expect(throws: MSPError.invalidArgument("this CPU does not run the \(isa) kernels")) {
+                _ = try p.multiply(x, batch: 1, isa: isa)
+            }
         }
         #expect(KernelISA.supported.contains(.portable) && KernelISA.supported.contains(KernelISA.selected))
     }

@@ -9,7 +9,9 @@ struct NMPackTests {
     ]
 
     /// Packs `t` with the library into fresh buffers; returns values, index and the unpacked matrix.
-    func pack(_ t: TestMatrix, n: Int, m: Int, scale: [Float]? = nil) throws -> (values: [UInt32], index: [UInt8], dense: [UInt32]) {
+    func pack(
+        _ t: TestMatrix, n: Int, m: Int, scale: [Float]? = nil
+    ) throws -> (values: [UInt32], index: [UInt8], dense: [UInt32]) {
         let layout = try NMPackedLayout(rows: t.rows, cols: t.cols, pattern: NMPattern(n: n, m: m), type: t.type)
         var values = [UInt32](repeating: 0xDEAD, count: t.rows * layout.valuesPerRow)
         var index = [UInt8](repeating: 0xA5, count: layout.indexBytes)
@@ -18,7 +20,9 @@ struct NMPackTests {
         try withElements(&values, t.type) { v in
             try weights.withBuffer { w, _ in
                 if let scale {
-                    try scale.withUnsafeBufferPointer { s in try NMPack.pack(weights: w, layout, colScale: s, values: v, index: &index) }
+                    try scale.withUnsafeBufferPointer { s in
+                        try NMPack.pack(weights: w, layout, colScale: s, values: v, index: &index)
+                    }
                 } else {
                     try NMPack.pack(weights: w, layout, colScale: nil, values: v, index: &index)
                 }
@@ -58,7 +62,8 @@ struct NMPackTests {
     func prunedMatrixRoundTrips(type: ElementType, pattern: (Int, Int)) throws {
         let (n, m) = pattern
         let rows = 9, cols = 11 * m
-        var t = TestMatrix(rows: rows, cols: cols, type: type, values: hardValues(rows * cols, type: type, seed: 5).map { $0.isNaN ? 2 : $0 })
+        let values = hardValues(rows * cols, type: type, seed: 5).map { $0.isNaN ? 2 : $0 }
+        var t = TestMatrix(rows: rows, cols: cols, type: type, values: values)
         try t.withBuffer { p, shape in
             try NMMask.prune(weights: p, shape, pattern: NMPattern(n: n, m: m), colScale: nil, keepMask: nil)
         }
@@ -92,7 +97,8 @@ struct NMPackTests {
     }
 
     @Test func sameResultForEveryThreadCount() throws {
-        let t = TestMatrix(rows: 301, cols: 512, type: .bf16, values: hardValues(301 * 512, type: .bf16, seed: 3).map { $0.isNaN ? 0 : $0 })
+        let values = hardValues(301 * 512, type: .bf16, seed: 3).map { $0.isNaN ? 0 : $0 }
+        let t = TestMatrix(rows: 301, cols: 512, type: .bf16, values: values)
         var results: [[UInt32]] = []
         defer { try? Threads.set(0) }
         for threads in [1, 2, 3] {
@@ -114,7 +120,9 @@ struct NMPackTests {
         w[13] = 1
         let scale: [Float] = [1, 1, -1, 1, 1, 1, 1, 1]
         #expect(throws: MSPError.invalidArgument("col_scale[2] (-1.0) must be finite and >= 0")) {
-            try scale.withUnsafeBufferPointer { try NMPack.pack(weights: w, layout, colScale: $0, values: &values, index: &index) }
+            try scale.withUnsafeBufferPointer {
+                try NMPack.pack(weights: w, layout, colScale: $0, values: &values, index: &index)
+            }
         }
         #expect(values == [Float](repeating: 7, count: 8) && index == [UInt8](repeating: 9, count: 8))
     }
@@ -150,7 +158,9 @@ struct NMPackTests {
                 }
             }
             #expect(out == [UInt32](repeating: 0xCAFE, count: rows * cols))
-            #expect(throws: MSPError.invalidArgument(message)) { try index.withUnsafeBytes { try layout.checkIndex($0.baseAddress!, rows: 0..<rows) } }
+            #expect(throws: MSPError.invalidArgument(message)) {
+                try index.withUnsafeBytes { try layout.checkIndex($0.baseAddress!, rows: 0..<rows) }
+            }
         }
     }
 
@@ -160,7 +170,9 @@ struct NMPackTests {
         #expect(throws: MSPError.invalidArgument("cols (12) must be a multiple of m (8)")) {
             try NMPackedLayout(rows: 1, cols: 12, pattern: NMPattern(n: 2, m: 8), type: .f32)
         }
-        #expect(throws: MSPError.self) { try NMPackedLayout(rows: Int.max / 2, cols: 64, pattern: NMPattern(n: 2, m: 8), type: .f32) }
+        #expect(throws: MSPError.self) {
+            try NMPackedLayout(rows: Int.max / 2, cols: 64, pattern: NMPattern(n: 2, m: 8), type: .f32)
+        }
         #expect(throws: MSPError.self) { try NMPackedLayout(rows: 0, cols: 8, pattern: NMPattern(n: 2, m: 8), type: .f32) }
     }
 }

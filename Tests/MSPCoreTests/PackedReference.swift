@@ -6,7 +6,9 @@ import MSPCore
 /// The packed form of `t` by the reference masks: scores |w| * scale[c], ties to the lower column.
 /// - Returns: the kept values' bit patterns row by row, the index bytes, and the masked matrix (the
 ///   kept weights' bits, +0 elsewhere).
-func referencePack(_ t: TestMatrix, n: Int, m: Int, scale: [Float]? = nil) -> (values: [UInt32], index: [UInt8], dense: TestMatrix) {
+func referencePack(
+    _ t: TestMatrix, n: Int, m: Int, scale: [Float]? = nil
+) -> (values: [UInt32], index: [UInt8], dense: TestMatrix) {
     let chunks = (t.cols + 31) / 32
     var values: [UInt32] = [], index = [UInt8](repeating: 0, count: t.rows * 4 * chunks)
     var dense = TestMatrix(rows: t.rows, cols: t.cols, type: t.type, values: [Float](repeating: 0, count: t.rows * t.cols))
@@ -26,7 +28,9 @@ func referencePack(_ t: TestMatrix, n: Int, m: Int, scale: [Float]? = nil) -> (v
 
 /// Runs `body` on a buffer holding `bits` as elements of `type` (4 or 2 bytes each), and returns
 /// the bits afterwards.
-func withElements<R>(_ bits: inout [UInt32], _ type: ElementType, _ body: (UnsafeMutableRawPointer) throws -> R) rethrows -> R {
+func withElements<R>(
+    _ bits: inout [UInt32], _ type: ElementType, _ body: (UnsafeMutableRawPointer) throws -> R
+) rethrows -> R {
     var t = TestMatrix(rows: 1, cols: bits.count, type: type, values: [])
     t.bits = bits
     defer { bits = t.bits }

@@ -57,7 +57,9 @@ struct CAPIPackedTests {
         var dense = [Float](repeating: 9, count: 64)
         #expect(msp_nm_unpack(b.values, b.index, MSP_DTYPE_F32, 4, 16, 2, 8, &dense) == MSP_OK)
         #expect(dense[0..<16] == [-6, 0, 0, 0, 0, 6, 0, 0, -5, 0, 0, 0, 0, -6, 0, 0])
-        #expect(msp_nm_linear(b.values, b.index, MSP_DTYPE_F32, 4, 16, 2, 8, b.x, MSP_DTYPE_F32, 2, &b.y, MSP_DTYPE_F32) == MSP_OK)
+        #expect(
+            msp_nm_linear(b.values, b.index, MSP_DTYPE_F32, 4, 16, 2, 8, b.x, MSP_DTYPE_F32, 2, &b.y, MSP_DTYPE_F32)
+                == MSP_OK)
         // Small integers: the float32 products and sums are exact.
         for t in 0..<2 {
             for r in 0..<4 {
@@ -74,9 +76,15 @@ struct CAPIPackedTests {
             var i: Int64 = 0
             return msp_nm_packed_size(4, 16, 2, 8, MSP_DTYPE_F32, nil, &i)
         }
-        expectRejected(MSP_ERR_INVALID_ARGUMENT, "weights is NULL") { b in msp_nm_pack(nil, MSP_DTYPE_F32, 4, 16, 2, 8, nil, &b.values, &b.index) }
-        expectRejected(MSP_ERR_INVALID_ARGUMENT, "values_out is NULL") { b in msp_nm_pack(b.weights, MSP_DTYPE_F32, 4, 16, 2, 8, nil, nil, &b.index) }
-        expectRejected(MSP_ERR_INVALID_ARGUMENT, "index_out is NULL") { b in msp_nm_pack(b.weights, MSP_DTYPE_F32, 4, 16, 2, 8, nil, &b.values, nil) }
+        expectRejected(MSP_ERR_INVALID_ARGUMENT, "weights is NULL") { b in
+            msp_nm_pack(nil, MSP_DTYPE_F32, 4, 16, 2, 8, nil, &b.values, &b.index)
+        }
+        expectRejected(MSP_ERR_INVALID_ARGUMENT, "values_out is NULL") { b in
+            msp_nm_pack(b.weights, MSP_DTYPE_F32, 4, 16, 2, 8, nil, nil, &b.index)
+        }
+        expectRejected(MSP_ERR_INVALID_ARGUMENT, "index_out is NULL") { b in
+            msp_nm_pack(b.weights, MSP_DTYPE_F32, 4, 16, 2, 8, nil, &b.values, nil)
+        }
         expectRejected(MSP_ERR_INVALID_ARGUMENT, "index is NULL", prepare: Self.packed) { b in
             msp_nm_unpack(b.values, nil, MSP_DTYPE_F32, 4, 16, 2, 8, &b.weights)
         }
@@ -95,33 +103,44 @@ struct CAPIPackedTests {
     }
 
     @Test func badSizesPatternsDtypesAndBatches() {
-        let sizes: [(Int64, Int64, String)] = [(0, 16, "rows (0)"), (4, -16, "cols (-16)"), (Int64(1) << 62, 16, "overflows"),
-                                               (4, 12, "cols (12) must be a multiple of m (8)")]
+        let sizes: [(Int64, Int64, String)] = [
+            (0, 16, "rows (0)"), (4, -16, "cols (-16)"), (Int64(1) << 62, 16, "overflows"),
+            (4, 12, "cols (12) must be a multiple of m (8)"),
+        ]
         for (rows, cols, text) in sizes {
             expectRejected(MSP_ERR_INVALID_ARGUMENT, text) { _ in
                 var v: Int64 = 0, i: Int64 = 0
                 return msp_nm_packed_size(rows, cols, 2, 8, MSP_DTYPE_F32, &v, &i)
             }
-            expectRejected(MSP_ERR_INVALID_ARGUMENT, text) { b in msp_nm_pack(b.weights, MSP_DTYPE_F32, rows, cols, 2, 8, nil, &b.values, &b.index) }
+            expectRejected(MSP_ERR_INVALID_ARGUMENT, text) { b in
+                msp_nm_pack(b.weights, MSP_DTYPE_F32, rows, cols, 2, 8, nil, &b.values, &b.index)
+            }
             expectRejected(MSP_ERR_INVALID_ARGUMENT, text, prepare: Self.packed) { b in
                 msp_nm_linear(b.values, b.index, MSP_DTYPE_F32, rows, cols, 2, 8, b.x, MSP_DTYPE_F32, 2, &b.y, MSP_DTYPE_F32)
             }
         }
         for (n, m, text) in [(8, 8, "n (8) must be less than m (8)"), (0, 8, "n (0)"), (1, 64, "m (64)")] {
-            expectRejected(MSP_ERR_INVALID_ARGUMENT, text) { b in msp_nm_pack(b.weights, MSP_DTYPE_F32, 4, 16, Int32(n), Int32(m), nil, &b.values, &b.index) }
+            expectRejected(MSP_ERR_INVALID_ARGUMENT, text) { b in
+                msp_nm_pack(b.weights, MSP_DTYPE_F32, 4, 16, Int32(n), Int32(m), nil, &b.values, &b.index)
+            }
             expectRejected(MSP_ERR_INVALID_ARGUMENT, text, prepare: Self.packed) { b in
                 msp_nm_unpack(b.values, b.index, MSP_DTYPE_F32, 4, 16, Int32(n), Int32(m), &b.weights)
             }
         }
-        expectRejected(MSP_ERR_INVALID_ARGUMENT, "dtype (5)") { b in msp_nm_pack(b.weights, 5, 4, 16, 2, 8, nil, &b.values, &b.index) }
+        expectRejected(MSP_ERR_INVALID_ARGUMENT, "dtype (5)") { b in
+            msp_nm_pack(b.weights, 5, 4, 16, 2, 8, nil, &b.values, &b.index)
+        }
         expectRejected(MSP_ERR_INVALID_ARGUMENT, "x_dtype (3)", prepare: Self.packed) { b in
             msp_nm_linear(b.values, b.index, MSP_DTYPE_F32, 4, 16, 2, 8, b.x, 3, 2, &b.y, MSP_DTYPE_F32)
         }
         expectRejected(MSP_ERR_INVALID_ARGUMENT, "y_dtype (-1)", prepare: Self.packed) { b in
             msp_nm_linear(b.values, b.index, MSP_DTYPE_F32, 4, 16, 2, 8, b.x, MSP_DTYPE_F32, 2, &b.y, -1)
         }
-        for (batch, text) in [(Int64(0), "batch (0) must be > 0"), (-2, "batch (-2)"), (Int64(1) << 60, "batch * cols (1152921504606846976 * 16) overflows"),
-                              (Int64(1) << 58, "batch * cols (4611686018427387904) is too large")] {
+        let batches: [(Int64, String)] = [
+            (0, "batch (0) must be > 0"), (-2, "batch (-2)"), (1 << 60, "batch * cols (1152921504606846976 * 16) overflows"),
+            (1 << 58, "batch * cols (4611686018427387904) is too large"),
+        ]
+        for (batch, text) in batches {
             expectRejected(MSP_ERR_INVALID_ARGUMENT, text, prepare: Self.packed) { b in
                 msp_nm_linear(b.values, b.index, MSP_DTYPE_F32, 4, 16, 2, 8, b.x, MSP_DTYPE_F32, batch, &b.y, MSP_DTYPE_F32)
             }

@@ -242,7 +242,10 @@ def nm_linear(x: Any, packed: PackedNM) -> Any:
         raise ValueError("x requires grad and grad mode is on; nm_linear has no backward: call it under torch.no_grad()")
     batch = math.prod(shape[:-1])
     if batch == 0:
-        code = _buffers.tensor_code(torch, x, "x") if torch is not None else _buffers.ndarray_code(x, "x", tensor="a torch tensor")
+        if torch is not None:
+            code = _buffers.tensor_code(torch, x, "x")
+        else:
+            code = _buffers.ndarray_code(x, "x", tensor="a torch tensor")
         return _empty(x, (*shape[:-1], rows), code)
     tokens = _buffers.as_matrix(x if len(shape) == 2 else x.reshape(batch, cols), "x", inplace=False)
     y = _empty(x, (*shape[:-1], rows), tokens.dtype)
