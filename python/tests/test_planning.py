@@ -20,8 +20,8 @@ import pytest
 import msp
 from msp.errors import InfeasibleError, InvalidArgumentError, InvalidStateError, MSPCancelled
 from msp.levels import Level, nm_levels, ratio_levels
-from msp.plan import Plan
-from msp.planner import Problem, Search, plan
+from msp.plans import Plan
+from msp import Problem, Search, plan
 
 # --- references ------------------------------------------------------------------------------------
 
@@ -670,7 +670,7 @@ def test_progress_line_without_tqdm(capsys, monkeypatch):
     sizes, costs = _small_problem()
     plan(sizes, 0.5, cost_table=costs, generations=3, progress=True)
     err = capsys.readouterr().err
-    assert "msp search: generation 4/4" in err and "best fitness" in err
+    assert "msp search: 4/4 generations" in err and "best fitness" in err
 
 
 def test_no_progress_output_when_disabled(capsys):

@@ -17,7 +17,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from msp.levels import Level, nm_levels, ratio_levels  # noqa: E402
-from msp.plan import Plan  # noqa: E402
+from msp.plans import Plan  # noqa: E402
 from msp.planner import plan as make_plan  # noqa: E402
 from msp.torch import (  # noqa: E402  (the public names, re-exported by msp.torch)
     Pruner,
