@@ -229,6 +229,7 @@ class Problem(NativeHandle):
             cost_table: ``[num_layers, num_levels]`` numbers.
             levels: one level index per layer.
         """
+        self._ptr()  # raises once closed, like every other method
         costs = additive_costs(cost_table, self.num_layers, len(self.level_set))
         return float(costs[np.arange(self.num_layers), self._plan_array(levels)].sum())
 

@@ -84,20 +84,10 @@ class Search(NativeHandle):
     _free = staticmethod(lib.msp_search_free)
     _name = "the search"
 
-    def __init__(
-        self,
-        sizes: Iterable[int],
-        target: float,
-        levels: Sequence[Any] | None = None,
-        sensitivity: Any = None,
-        groups: Sequence[Any] | None = None,
-        min_level: Any = None,
-        max_level: Any = None,
-        tolerance: float = 0.001,
-        *,
-        settings: SearchSettings | None = None,
-        **overrides: Any,
-    ) -> None:
+    def __init__(self, sizes: Iterable[int], target: float, levels: Sequence[Any] | None = None,
+                 sensitivity: Any = None, groups: Sequence[Any] | None = None, min_level: Any = None,
+                 max_level: Any = None, tolerance: float = 0.001, *, settings: SearchSettings | None = None,
+                 **overrides: Any) -> None:
         super().__init__()
         self._running = False
         self._error: BaseException | None = None
