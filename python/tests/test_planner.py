@@ -301,3 +301,24 @@ def _python_dir():
     from pathlib import Path
 
     return Path(__file__).resolve().parent.parent
+
+
+# --- settings -----------------------------------------------------------------------------------------
+
+
+def test_a_fitness_evaluated_once_gets_the_full_fidelity_of_the_settings():
+    seen = []
+
+    def fitness(candidate, fidelity):
+        seen.append(fidelity)
+        return 1.0
+
+    result = plan([10, 20, 30], 0.5, method="uniform", fitness=fitness, fidelity_levels=3)
+    assert seen == [2] and result.fitness == 1.0 and result.evaluations == 1
+    with pytest.raises(ValueError, match="fidelity_levels"):
+        plan([10, 20, 30], 0.5, method="uniform", fitness=fitness, fidelity_levels=0)
+
+
+def test_progress_must_be_a_bool():
+    with pytest.raises(TypeError, match="progress"):
+        plan([10, 20, 30], 0.5, method="uniform", progress=1)

@@ -327,3 +327,34 @@ def test_bad_setting_types():
         Search([100, 200], 0.5, prior_grid=1)
     with pytest.raises(TypeError):
         Search([100, 200], "0.5")
+
+
+# --- additive fitness ---------------------------------------------------------------------------------
+
+
+def test_run_additive_is_run_with_the_summed_costs():
+    sizes, costs = small_problem()
+    with Search(sizes, 0.5, generations=4, seed=2) as search:
+        additive_run = search.run_additive(costs, progress=False)
+    with Search(sizes, 0.5, generations=4, seed=2) as search:
+        called = search.run(lambda p: additive(costs, p.levels), progress=False)
+    assert additive_run.levels == called.levels and additive_run.evaluations == called.evaluations
+    assert additive_run.history == pytest.approx(called.history, rel=1e-12)
+    assert additive_run.fitness == pytest.approx(additive(costs, additive_run.levels), rel=1e-12)
+    # msp.plan with a cost table and no fitness is this run.
+    planned = plan(sizes, 0.5, cost_table=costs, generations=4, seed=2, progress=False)
+    assert planned == additive_run
+
+
+def test_run_additive_rejects_bad_tables_before_running():
+    sizes, costs = small_problem()
+    with Search(sizes, 0.5, generations=2) as search:
+        with pytest.raises(ValueError, match="shape"):
+            search.run_additive(costs[:, :7], progress=False)
+        bad = costs.copy()
+        bad[3, 2] = math.inf
+        with pytest.raises(ValueError, match="non-finite"):
+            search.run_additive(bad, progress=False)
+        with pytest.raises(TypeError):
+            search.run_additive([["x"] * 8] * 10, progress=False)
+        assert search.progress["evaluations"] == 0

@@ -7,6 +7,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from msp.torch import block_groups, linear_layers  # noqa: E402
+from msp.torch.layers import is_hf_conv1d, layer_items, layer_weights  # noqa: E402
 from torch_models import BlockLM, MlpLM as TinyLM  # noqa: E402
 
 
@@ -60,3 +61,40 @@ def test_block_groups():
     assert block_groups(linear_layers(BlockLM())) == [0, 0, 0, 1, 1, 1]
     with pytest.raises(TypeError):
         block_groups("model.layers.0.q")
+
+
+# --- layer lists ----------------------------------------------------------------------------------
+
+
+def test_layer_items_take_mappings_or_pairs_and_check_them():
+    model = TinyLM()
+    layers = linear_layers(model)
+    assert layer_items(layers) == list(layers.items()) == layer_items(list(layers.items()))
+    for bad, error, message in [
+        ({}, ValueError, "layers is empty"),
+        ([("a", model.fc1), ("a", model.fc2)], ValueError, "repeats a name"),
+        ([model.fc1], TypeError, "mapping"),
+        (model, TypeError, "mapping"),
+        ({1: model.fc1}, TypeError, "names must be str"),
+        ({"a": model.fc1.weight}, TypeError, "not an nn.Module"),
+    ]:
+        with pytest.raises(error, match=message):
+            layer_items(bad)
+
+
+def test_layer_weights_refuse_missing_and_shared_weights():
+    model = TinyLM()
+    assert [(n, w) for n, _, w in layer_weights({"fc1": model.fc1})] == [("fc1", model.fc1.weight)]
+    with pytest.raises(ValueError, match="no .weight"):
+        layer_weights({"act": nn.Tanh()})
+    with pytest.raises(ValueError, match="'a' and 'b' share one weight"):
+        layer_weights({"a": model.fc1, "b": model.fc1})
+
+
+def test_conv1d_is_recognised_by_class_name_and_module():
+    class Conv1D(nn.Module):
+        pass
+
+    assert not is_hf_conv1d(Conv1D())  # defined here, not in transformers
+    Conv1D.__module__ = "transformers.pytorch_utils"
+    assert is_hf_conv1d(Conv1D()) and not is_hf_conv1d(nn.Linear(2, 2))

@@ -9,6 +9,7 @@ from torch import nn  # noqa: E402
 from msp.levels import Level, nm_levels, ratio_levels  # noqa: E402
 from msp.planner import plan as make_plan  # noqa: E402
 from msp.plans import Plan  # noqa: E402
+from msp import SearchSettings  # noqa: E402
 from msp.torch import Pruner, activation_norms, apply_plan, linear_layers, prune  # noqa: E402
 from torch_models import BLOCK_DIM as DIM, BlockLM as TinyLM, assert_same, block_batches as batches  # noqa: E402
 from torch_models import snapshot  # noqa: E402
@@ -85,6 +86,7 @@ def test_prune_keeps_layers_with_odd_in_features_dense():
     assert torch.equal(layers["odd"].weight, saved)
 
 
+@pytest.mark.filterwarnings("ignore:prune\\(search=:DeprecationWarning")
 def test_prune_rejects_bad_arguments_before_touching_the_model():
     model = TinyLM()
     saved = snapshot(model)
@@ -94,8 +96,31 @@ def test_prune_rejects_bad_arguments_before_touching_the_model():
         (dict(fitness="accuracy"), ValueError),
         (dict(search=dict(target=0.5)), ValueError),
         (dict(method="exact"), ValueError),
+        (dict(generation=3), TypeError),
+        (dict(settings=dict(generations=3)), TypeError),
+        (dict(search=dict(generations=3), generations=3), TypeError),
     ]:
         with pytest.raises(error):
             prune(model, batches(1), progress=False, **kwargs)
     assert_same(model, saved)
     assert ratio_levels([0.5])  # the level helpers stay importable next to msp.torch
+
+
+def test_search_settings_as_keywords_settings_or_the_deprecated_mapping():
+    data = batches(2)
+    results = []
+    for kwargs in (dict(generations=2, offspring=3, seed=4), dict(settings=SearchSettings(generations=2, offspring=3),
+                                                                seed=4)):
+        model = TinyLM(seed=5)
+        results.append((prune(model, data, target=0.5, pruner="magnitude", progress=False, **kwargs), snapshot(model)))
+    model = TinyLM(seed=5)
+    with pytest.warns(DeprecationWarning, match=r"prune\(search=\{\.\.\.\}\) is deprecated; use .*settings="):
+        old = prune(model, data, target=0.5, pruner="magnitude", progress=False, search=dict(generations=2, offspring=3),
+                    seed=4)
+    results.append((old, snapshot(model)))
+    first, state = results[0]
+    assert first.seed == 4 and first.params["generations"] == 2 and first.params["offspring"] == 3
+    for plan, other_state in results[1:]:
+        assert plan == first
+        for name, tensor in state.items():
+            assert torch.equal(tensor, other_state[name]), name

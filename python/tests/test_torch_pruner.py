@@ -230,6 +230,8 @@ def test_bad_pruner_arguments():
         Pruner(layers, "magnitude", random_norms(layers))
     with pytest.raises(ValueError, match="method"):
         Pruner(layers, "sparsegpt")
+    with pytest.raises(ValueError, match="pruner.*criterion"):
+        Pruner(layers, pruner="sparsegpt")
     bad = random_norms(layers)
     bad["layers.0.up"] = torch.ones(DIM + 1)
     with pytest.raises(ValueError, match="in_features"):
@@ -241,3 +243,40 @@ def test_bad_pruner_arguments():
     shared = {"a": layers["layers.0.up"], "b": layers["layers.0.up"]}
     with pytest.raises(ValueError, match="share one weight"):
         Pruner(shared)
+
+
+# --- the criterion is pruner=; method= is its deprecated spelling ------------------------------------
+
+
+def test_method_is_the_deprecated_spelling_of_pruner():
+    layers_new, layers_old = linear_layers(TinyLM(seed=3)), linear_layers(TinyLM(seed=3))
+    norms = random_norms(layers_new)
+    Pruner(layers_new, pruner="wanda", norms=norms).apply(MIXED)
+    with pytest.warns(DeprecationWarning, match=r"Pruner\(method=\.\.\.\) is deprecated; use pruner="):
+        old = Pruner(layers_old, method="wanda", norms=norms)
+    old.apply(MIXED)
+    for (name, new), (_, kept) in zip(layers_new.items(), layers_old.items()):
+        assert torch.equal(new.weight, kept.weight), name
+    assert old.pruner == "wanda"
+    with pytest.warns(DeprecationWarning, match=r"Pruner\.method is deprecated; use Pruner\.pruner"):
+        assert old.method == "wanda"
+    with pytest.raises(TypeError, match="give pruner= only"):
+        Pruner(layers_old, pruner="wanda", norms=norms, method="wanda")
+
+
+def test_apply_plan_takes_method_with_a_deprecation_warning():
+    model, other = TinyLM(seed=4), TinyLM(seed=4)
+    norms = random_norms(linear_layers(model))
+    apply_plan(linear_layers(model), MIXED, pruner="wanda", norms=norms)
+    with pytest.warns(DeprecationWarning, match=r"apply_plan\(method=\.\.\.\) is deprecated; use pruner="):
+        apply_plan(linear_layers(other), MIXED, method="wanda", norms=norms)
+    assert_same(other, snapshot(model))
+    with pytest.raises(TypeError, match="give pruner= only"):
+        apply_plan(linear_layers(other), MIXED, "wanda", norms, method="wanda")
+
+
+def test_the_criterion_as_second_positional_argument_warns_nothing(recwarn):
+    layers = linear_layers(TinyLM())
+    Pruner(layers, "wanda", random_norms(layers))
+    Pruner(layers, "magnitude")
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
