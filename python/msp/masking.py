@@ -86,7 +86,7 @@ def prune_nm_(
         The bool keep mask (numpy for numpy input, torch for torch input), or None.
 
     Raises:
-        TypeError, ValueError: see ``msp._buffers``; ``msp.InvalidArgumentError`` for a bad pattern,
+        TypeError, ValueError: see ``msp._arrays``; ``msp.InvalidArgumentError`` for a bad pattern,
             NaN weight, bad col_scale or NaN score (inf weight times zero scale). On any error
             ``weight`` is unchanged.
     """

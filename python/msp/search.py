@@ -98,8 +98,8 @@ class Search(NativeHandle):
         self._history: list[float] = []
         self._generation = -1
         self.fidelity = 0
-        self.settings = SearchSettings.of(settings, overrides)
-        params = self.settings.to_native()
+        self._settings = SearchSettings.of(settings, overrides)
+        params = self._settings.to_native()
         with Problem(
             sizes, target, levels, groups=groups, min_level=min_level, max_level=max_level, tolerance=tolerance
         ) as problem:
@@ -110,7 +110,7 @@ class Search(NativeHandle):
         self._sizes = problem.sizes
         self._level_set = problem.level_set
         self._target = problem.target
-        self._params = {**problem.settings(), **self.settings.to_json()}
+        self._params = {**problem.settings(), **self._settings.to_json()}
         self._num_layers = len(self._sizes)
         self._table = LevelTable(self._level_set, self._sizes)
         self._max_batch = int(lib.msp_search_max_batch(self._handle))
@@ -147,6 +147,11 @@ class Search(NativeHandle):
     def sizes(self) -> list[int]:
         """Parameter count of every layer."""
         return list(self._sizes)
+
+    @property
+    def settings(self) -> SearchSettings:
+        """The :class:`msp.SearchSettings` in use (``settings`` with the overrides applied)."""
+        return self._settings
 
     @property
     def level_set(self) -> list[Level]:
