@@ -173,3 +173,13 @@ def test_the_facades_only_re_export():
         tree = ast.parse(Path(package.__file__).read_text())
         defined = [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
         assert defined == [], (package.__name__, defined)
+
+
+def test_the_distribution_ships_every_package():
+    """pyproject.toml lists each package directory (``msp.torch`` included), so a wheel holds them all."""
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((PYTHON_DIR / "pyproject.toml").read_text())
+    packages = sorted(".".join(("msp",) + init.parent.relative_to(PACKAGE_DIR).parts)
+                      for init in PACKAGE_DIR.rglob("__init__.py"))
+    assert packages == ["msp", "msp.torch"]
+    assert sorted(config["tool"]["setuptools"]["packages"]) == packages
