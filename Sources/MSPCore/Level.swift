@@ -1,5 +1,7 @@
 // Level and LevelSet: the allowed choices of sparsity for a layer.
 
+import CMSPHeader
+
 /// One allowed choice for a layer: an N:M pattern (n == m is dense) or an unstructured sparsity.
 public struct Level: Hashable, Sendable, CustomStringConvertible {
     /// Fraction of weights pruned, in [0, 1).
@@ -18,7 +20,7 @@ public struct Level: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// An N:M level keeping `n` of every `m`; `n == m` is dense.
-    /// - Throws: `MSPError.invalidArgument` unless 0 < n <= m <= 32.
+    /// - Throws: `MSPError.invalidArgument` unless 0 < n <= m <= `NMPattern.maxM`.
     public init(n: Int, m: Int) throws {
         guard m >= 1, m <= NMPattern.maxM, n > 0, n <= m else {
             throw MSPError.invalidArgument("level \(n):\(m) must have 0 < n <= m <= \(NMPattern.maxM)")
@@ -52,15 +54,18 @@ public struct Level: Hashable, Sendable, CustomStringConvertible {
 
 /// Levels ordered from least to most sparse (strictly increasing sparsity).
 public struct LevelSet: Sendable, Equatable {
+    /// The most levels a set holds, `MSP_MAX_LEVELS` (level indices fit in `UInt8` scratch).
+    public static let maxCount = Int(MSP_MAX_LEVELS)
+
     /// The levels; index 0 is the least sparse.
     public let levels: [Level]
 
     /// Validates the order.
-    /// - Throws: `MSPError.invalidArgument` for an empty set, more than 256 levels, or sparsities
-    ///   that do not strictly increase.
+    /// - Throws: `MSPError.invalidArgument` for an empty set, more than `maxCount` levels, or
+    ///   sparsities that do not strictly increase.
     public init(_ levels: [Level]) throws {
-        guard !levels.isEmpty, levels.count <= 256 else {
-            throw MSPError.invalidArgument("num_levels (\(levels.count)) must be in [1, 256]")
+        guard !levels.isEmpty, levels.count <= Self.maxCount else {
+            throw MSPError.invalidArgument("num_levels (\(levels.count)) must be in [1, \(Self.maxCount)]")
         }
         for k in 1..<levels.count where !(levels[k].sparsity > levels[k - 1].sparsity) {
             throw MSPError.invalidArgument(

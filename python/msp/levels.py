@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from ._convert import integer, sparsity as _sparsity
-from ._lib import msp_level
+from ._lib import LIMITS, msp_level
 
 __all__ = ["Level", "nm_levels", "ratio_levels"]
 
-MAX_M = 32
+MAX_M = LIMITS.max_m
 """The largest N:M group size the library supports."""
 
-MAX_LEVELS = 256
+MAX_LEVELS = LIMITS.max_levels
 """The most levels a level set may hold."""
 
 
@@ -55,7 +55,7 @@ class Level:
         if (n, m) != (0, 0):
             if not (0 < n <= m <= MAX_M):
                 raise ValueError(f"level {n}:{m} must have 0 < n <= m <= {MAX_M} (or n = m = 0: unstructured)")
-            if abs(sparsity - (1.0 - n / m)) > 1e-12:
+            if abs(sparsity - (1.0 - n / m)) > LIMITS.level_sparsity_tolerance:
                 raise ValueError(f"level {n}:{m} has sparsity 1 - {n}/{m} = {1 - n / m}, not {sparsity}")
             sparsity = 1.0 - n / m
         object.__setattr__(self, "sparsity", sparsity)
