@@ -2,14 +2,6 @@
 
 import CMSPHeader
 
-/// The comparison group of unstructured pruning.
-public enum TopKScope: Int32, Sendable {
-    /// floor(sparsity * cols) weights pruned in every row (Wanda's comparison group).
-    case row = 0
-    /// floor(sparsity * rows * cols) weights pruned in the whole matrix (magnitude pruning).
-    case layer = 1
-}
-
 /// Unstructured pruning kernels. Within a comparison group, weights are ordered by score
 /// descending, then index ascending, and the first ones are kept. Selection counts order-preserving
 /// score keys, in linear time: searches over vectorised counts per row, histograms per layer.
