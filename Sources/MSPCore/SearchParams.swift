@@ -43,9 +43,11 @@ public struct SearchParams: Sendable, Equatable {
         }
         try check(generations > 0, "generations (\(generations)) must be > 0")
         try check(
-            offspring > 0 && offspring <= MSP_MAX_OFFSPRING, "offspring (\(offspring)) must be in [1, \(MSP_MAX_OFFSPRING)]")
+            offspring > 0 && offspring <= MSP_MAX_OFFSPRING,
+            "offspring (\(offspring)) must be in [1, \(MSP_MAX_OFFSPRING)]")
         try check(
-            survivors > 0 && survivors <= MSP_MAX_SURVIVORS, "survivors (\(survivors)) must be in [1, \(MSP_MAX_SURVIVORS)]")
+            survivors > 0 && survivors <= MSP_MAX_SURVIVORS,
+            "survivors (\(survivors)) must be in [1, \(MSP_MAX_SURVIVORS)]")
         try check((0...1).contains(mutationRate), "mutation_rate (\(mutationRate)) must be in [0, 1]")
         try check((0...1).contains(crossoverRate), "crossover_rate (\(crossoverRate)) must be in [0, 1]")
         try check(prior.strength.isFinite && prior.strength >= 0, "prior_strength (\(prior.strength)) must be >= 0")
