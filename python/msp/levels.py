@@ -22,14 +22,15 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ._convert import integer, nm_text, sparsity as _sparsity
+from ._lib import LIMITS
 from .errors import InvalidArgumentError
 
 __all__ = ["Level", "nm_levels", "ratio_levels"]
 
-MAX_M = 32
+MAX_M = LIMITS.max_m
 """The largest N:M group size the library supports."""
 
-MAX_LEVELS = 256
+MAX_LEVELS = LIMITS.max_levels
 """The most levels a level set may hold."""
 
 
@@ -62,7 +63,7 @@ class Level:
         n, m = integer(self.n, "level n"), integer(self.m, "level m")
         if (n, m) != (0, 0):
             _check_pattern(n, m, " (or n = m = 0: unstructured)")
-            if abs(sparsity - (1.0 - n / m)) > 1e-12:
+            if abs(sparsity - (1.0 - n / m)) > LIMITS.level_sparsity_tolerance:
                 raise InvalidArgumentError(f"level {n}:{m} has sparsity 1 - {n}/{m} = {1 - n / m}, not {sparsity}")
             sparsity = 1.0 - n / m
         object.__setattr__(self, "sparsity", sparsity)
