@@ -208,17 +208,23 @@ def test_non_contiguous_weight_raises_before_any_write():
     assert_same(model, saved)
 
 
-def test_weight_off_the_cpu_raises_before_any_write():
+def test_weights_the_kernels_cannot_prune_raise_before_any_write():
     model = TinyLM()
     layers = linear_layers(model)
-    layers["layers.1.mix"].to("meta")  # stands in for a CUDA weight: the check is on device.type
+    layers["layers.1.mix"].to("meta")  # off the CPU (the check is on device.type) and without data
     saved = {n: m.weight.detach().clone() for n, m in layers.items() if n != "layers.1.mix"}
-    with pytest.raises(ValueError, match="prunes CPU weights"):
-        Pruner(layers)
-    with pytest.raises(ValueError, match="prunes CPU weights"):
-        apply_plan(layers, MIXED)
+    for kernels, message in [("native", "kernels='native' prunes CPU weights only"), ("auto", "meta device"),
+                             ("torch", "meta device")]:
+        with pytest.raises(ValueError, match=message):
+            Pruner(layers, kernels=kernels)
+        with pytest.raises(ValueError, match=message):
+            apply_plan(layers, MIXED, kernels=kernels)
     for name, w in saved.items():
         assert torch.equal(layers[name].weight, w)
+    with pytest.raises(ValueError, match="kernels must be one of 'auto', 'native', 'torch'"):
+        Pruner(linear_layers(TinyLM()), kernels="cuda")
+    with pytest.raises(ValueError, match="dense_copies must be 'device' or 'host'"):
+        Pruner(linear_layers(TinyLM()), dense_copies="gpu")
 
 
 def test_bad_pruner_arguments():
