@@ -135,6 +135,13 @@ def test_apply_accepts_plans_dicts_and_lists():
     assert_same(model, by_plan)
     pruner.apply([(lv.n, lv.m) for lv in plan.layer_levels])
     assert_same(model, by_plan)
+    named = Plan(plan.levels, levels, sizes, names=list(layers))
+    pruner.restore()
+    pruner.apply(named)
+    assert_same(model, by_plan)
+    pruner.restore()
+    pruner.apply(named.to_dict())
+    assert_same(model, by_plan)
     assert pruner.sizes == sizes and pruner.names == list(layers)
 
 
@@ -168,10 +175,12 @@ def bad_cases():
         ("unknown name", {**{n: "2:8" for n in names[1:]}, "nope": "2:8"}, "names do not match"),
         ("missing name", {n: "2:8" for n in names[:-1]}, "names do not match"),
         ("M does not divide in_features", ["2:8"] * 5 + ["2:32"], "not divisible by M = 32"),
+        ("names of other layers", Plan([1] * 6, nm_levels(8), sizes, names=[names[1], names[0]] + names[2:]),
+         "layer 0 is named 'layers.0.down' but the layer given there is 'layers.0.up'"),
     ]
 
 
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(7))
 def test_bad_plans_raise_before_any_write(case):
     model = TinyLM()
     layers = linear_layers(model)
