@@ -139,9 +139,6 @@ def test_apply_accepts_plans_dicts_and_lists():
     pruner.restore()
     pruner.apply(named)
     assert_same(model, by_plan)
-    pruner.restore()
-    pruner.apply(named.to_dict())
-    assert_same(model, by_plan)
     assert pruner.sizes == sizes and pruner.names == list(layers)
 
 
