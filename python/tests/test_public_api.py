@@ -19,7 +19,6 @@ README = (REPO_DIR / "README.md").read_text()
 
 try:
     import torch
-    from torch import nn
 except ImportError:
     torch = None
 

@@ -14,7 +14,6 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-import msp  # noqa: E402
 from msp.torch import (  # noqa: E402
     Pruner,
     activation_norms,

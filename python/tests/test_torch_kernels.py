@@ -93,7 +93,8 @@ def test_torch_nm_pruning_equals_native_bit_for_bit(dtype, kind, scale_kind):
         w[w.float().isinf() & (scale == 0)] = 1.0  # inf * 0 is a NaN score (tested below)
     for n, m in PATTERNS:
         device, native = on_device_and_native(
-            w, scale, lambda x, s: torch_prune_nm_(x, n, m, s), lambda x, s: msp.prune_nm_(x, n, m, col_scale=s))
+            w, scale, lambda x, s, n=n, m=m: torch_prune_nm_(x, n, m, s),
+            lambda x, s, n=n, m=m: msp.prune_nm_(x, n, m, col_scale=s))
         assert_bit_identical(device, native, ref_nm_keep(score_array(w, scale), n, m), w)
 
 
@@ -107,8 +108,8 @@ def test_torch_topk_pruning_equals_native_bit_for_bit(dtype, kind, scale_kind, s
         w[w.float().isinf() & (scale == 0)] = 1.0
     for sparsity in SPARSITIES:
         device, native = on_device_and_native(
-            w, scale, lambda x, s: torch_prune_topk_(x, sparsity, scope, s),
-            lambda x, s: msp.prune_topk_(x, sparsity, scope=scope, col_scale=s))
+            w, scale, lambda x, s, p=sparsity: torch_prune_topk_(x, p, scope, s),
+            lambda x, s, p=sparsity: msp.prune_topk_(x, p, scope=scope, col_scale=s))
         assert_bit_identical(device, native, ref_topk_keep(score_array(w, scale), sparsity, scope), w)
 
 

@@ -11,8 +11,10 @@ Every criterion is one class here, registered in :data:`CRITERIA`; ``Pruner``, `
   N:M or unstructured level, on the native kernels or with torch operations on the weight's device
   (the same masks; see ``msp.torch.kernels``).
 
-A criterion that needs another statistic (say Gram matrices) adds its class and its collector;
-the layer checks, plans, caching, devices and restoring stay as they are.
+A criterion that needs another statistic (say Gram matrices) adds its class, its collector (a
+statistic of layer inputs is one ``record`` function for ``msp.torch.calibration.collect_inputs``)
+and the statistic's keyword to ``Pruner``, ``apply_plan`` and ``prune``; the layer checks, plans,
+caching, devices and restoring stay as they are.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class Criterion:
     name = ""
     statistic: str | None = None
     """The keyword under which the criterion takes its calibration statistic (None: none)."""
+    collector = ""
+    """How a user computes the statistic, for error messages."""
 
     def collect(self, model: nn.Module, layers: Mapping[str, nn.Module], batches: Any,
                 forward_fn: Callable[[nn.Module, Any], Any] | None, progress: bool) -> Any:
@@ -102,6 +106,7 @@ class Wanda(Criterion):
 
     name = "wanda"
     statistic = "norms"
+    collector = "msp.torch.activation_norms(model, layers, batches)"
 
     def collect(self, model: nn.Module, layers: Mapping[str, nn.Module], batches: Any,
                 forward_fn: Callable[[nn.Module, Any], Any] | None, progress: bool) -> Any:

@@ -223,7 +223,7 @@ def prune(
     elif isinstance(sensitivity, Mapping):
         sensitivity = [float(sensitivity[n]) for n in names]
     if criterion.statistic is not None and norms is None:
-        with stage(f"{criterion.statistic} on {len(calibration)} calibration batches"):
+        with stage(f"{criterion.name}'s {criterion.statistic} on {len(calibration)} calibration batches"):
             norms = criterion.collect(model, layers, calibration, forward_fn, progress)
     worker = Pruner(layers, pruner, norms if criterion.statistic else None, kernels=kernels,
                     dense_copies=dense_copies)

@@ -137,7 +137,7 @@ def _per_layer(value: Any, records: list[_Layer], criterion: Criterion) -> list[
     key = criterion.statistic
     if value is None:
         raise ValueError(
-            f"pruner={criterion.name!r} needs {key}: {key} = msp.torch.activation_norms(model, layers, batches)"
+            f"pruner={criterion.name!r} needs {key}: {key} = {criterion.collector}"
         )
     if isinstance(value, Mapping):
         missing = [r.name for r in records if r.name not in value]
