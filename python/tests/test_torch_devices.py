@@ -129,10 +129,11 @@ def test_fisher_traces_on_the_device_equal_native(dtype, per_parameter):
     assert auto == native
 
 
-def test_prune_on_the_device_equals_native():
+@pytest.mark.parametrize("criterion, structure", [("wanda", "N:8"), ("magnitude", "unstructured")])
+def test_prune_on_the_device_equals_native(criterion, structure):
     data = block_batches(3, seed=2)
     native_model, forced_model = BlockLM(seed=6), BlockLM(seed=6)
-    settings = dict(target=0.6, structure="N:8", pruner="wanda", generations=2, offspring=4, progress=False)
+    settings = dict(target=0.6, structure=structure, pruner=criterion, generations=2, offspring=4, progress=False)
     native = prune(native_model, data, kernels="native", **settings)
     forced = prune(forced_model, data, kernels="torch", dense_copies="host", **settings)
     assert forced == native and forced.names == list(linear_layers(native_model))
@@ -141,7 +142,7 @@ def test_prune_on_the_device_equals_native():
     model = BlockLM(seed=6)
     dense = copy.deepcopy(model)
     model.to(DEVICE)
-    result = prune(model, data, **{**settings, "structure": "unstructured", "pruner": "magnitude"})
+    result = prune(model, data, **{**settings, "pruner": "magnitude"})
     apply_plan(linear_layers(dense), result, "magnitude", kernels="native")
     assert_same(copy.deepcopy(model).cpu(), snapshot(dense))
 
