@@ -6,7 +6,10 @@ A plan is what the planner returns (``msp.plan``), what a fitness function recei
     plan = msp.plan(sizes, target=0.75, sensitivity=traces, fitness=perplexity)
     print(plan.summary(names))
     plan.save("plan.json"); same = msp.Plan.load("plan.json")
-    recipe = plan.to_dict(names)          # {module_name: sparsity}, e.g. for llm-compressor
+    ratios = plan.to_dict(names)          # {module_name: sparsity}, for your own pruning loop
+
+For llm-compressor use ``msp.integrations.llmcompressor.modifiers(plan, layers)``: its modifiers
+take no dict, and N:M levels need their own ``mask_structure``.
 """
 
 from __future__ import annotations
@@ -160,7 +163,14 @@ class Plan:
         return [self.level_set[k] for k in self.levels]
 
     def to_dict(self, names: Iterable[str]) -> dict[str, float]:
-        """The plan as ``{name: sparsity}``, e.g. for llm-compressor's ``sparsity=``.
+        """The plan as ``{name: sparsity}``: one sparsity per layer name, for a pruning loop of
+        your own (or a script that takes per-layer ratios). It drops the N:M pattern: a layer at
+        ``2:8`` reads 0.75, the same as 75 % unstructured (``layer_levels`` keeps the levels).
+
+        Not for llm-compressor: its ``sparsity=`` takes a float or a list in its own target order
+        (a dict fails its validation), and N:M levels need a ``mask_structure`` per modifier in its
+        pruned-count convention. ``msp.integrations.llmcompressor.modifiers(plan, layers)`` writes
+        those modifiers.
 
         Args:
             names: one distinct name per layer, in layer order (a dict such as the one

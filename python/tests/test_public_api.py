@@ -11,6 +11,7 @@ import pytest
 import msp
 from conftest import REPO_DIR
 from masking_reference import ref_nm_keep, ref_topk_keep
+from readme_blocks import python_blocks
 from msp import Level, Plan, Search, plan
 from msp.levels import nm_levels, ratio_levels
 
@@ -155,7 +156,7 @@ def test_every_name_of_msp_torch_all_works():
 
 
 def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README, re.S)
+    return python_blocks(README)  # the blocks that need llm-compressor run in python/tests_llmcompressor
 
 
 def _documented_names() -> set[str]:
@@ -163,7 +164,7 @@ def _documented_names() -> set[str]:
     prose = re.sub(r"```.*?```", "", README, flags=re.S)
     texts = _python_blocks() + re.findall(r"`([^`\n]+)`", prose)
     names = {m.group(0) for text in texts for m in re.finditer(r"(?<![\w/.])msp(?:\.\w+)+", text)}
-    names.discard("msp.h")  # the C header, not a Python name
+    names -= {"msp.h", "msp.pc"}  # the C header and the pkg-config file, not Python names
     for text in _python_blocks():
         for module, imported in re.findall(r"from (msp[\w.]*) import ([\w, ]+)", text):
             names.update(f"{module}.{name.strip()}" for name in imported.split(","))
@@ -181,7 +182,9 @@ def test_every_msp_name_the_readme_uses_resolves():
     for dotted in sorted(names):
         parts = dotted.split(".")
         value = importlib.import_module(parts[0])
-        for part in parts[1:]:
+        for i, part in enumerate(parts[1:], start=2):
+            if not hasattr(value, part):  # a subpackage `import msp` leaves to be imported, e.g. msp.integrations
+                importlib.import_module(".".join(parts[:i]))
             value = getattr(value, part)
 
 
