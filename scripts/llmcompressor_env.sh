@@ -12,7 +12,8 @@ PYTHON=${PYTHON:-python3}
 VENV=${1:-.venv-llmcompressor}
 REQUIREMENTS=scripts/llmcompressor-requirements.txt
 
-stamp="$("$PYTHON" -c 'import sys; print(sys.executable, sys.version.split()[0])') $(sha256sum < "$REQUIREMENTS" | cut -d' ' -f1)"
+interpreter=$("$PYTHON" -c 'import sys; print(sys.executable, sys.version.split()[0])')
+stamp="$interpreter $(sha256sum < "$REQUIREMENTS" | cut -d' ' -f1)"
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.msp-stamp" 2>/dev/null)" = "$stamp" ]; then
     echo "llm-compressor environment $VENV is up to date"
     exit 0

@@ -21,7 +21,8 @@ cmp -s include/msp.h "$prefix/include/msp.h"
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
 header_version=$(sed -n 's/^#define MSP_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)$/\2/p' include/msp.h | paste -sd.)
 pc_version=$(pkg-config --modversion msp)
-[ "$pc_version" = "$header_version" ] || { echo "test-install: msp.pc has version $pc_version, msp.h $header_version" >&2; exit 1; }
+[ "$pc_version" = "$header_version" ] || {
+    echo "test-install: msp.pc has version $pc_version, msp.h $header_version" >&2; exit 1; }
 
 warnings=(-Wall -Wextra -Werror -pedantic)
 "$CC" -std=c99 "${warnings[@]}" -I"$prefix/include" examples/c/prune_example.c \

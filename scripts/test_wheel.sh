@@ -50,5 +50,6 @@ unshare -m bash -euo pipefail -c '
     fi
     grep -q "the dynamic loader cannot load [^ ]*libopenblas.so.0, which it needs" <<< "$output" || {
         echo "test-wheel: the loader did not name libopenblas.so.0:" >&2; echo "$output" >&2; exit 1; }
-    echo "test-wheel: with $# system libraries hidden the wheel still works, and the build tree libmsp.so fails naming libopenblas.so.0"
+    echo "test-wheel: with $# system libraries hidden the wheel still works;" \
+         "the build tree libmsp.so fails, naming libopenblas.so.0"
 ' hide "$work/venv" "$REPO" "${hidden[@]}"

@@ -38,7 +38,8 @@ def test_the_tested_version_is_the_pinned_one():
 
 
 def test_readme_blocks_split_by_the_marker():
-    readme = "x\n```python\nimport msp\n```\n```python\n" + LLMCOMPRESSOR_MARKER + " (make)\nimport llmcompressor\n```\n"
+    marked = LLMCOMPRESSOR_MARKER + " (make)\nimport llmcompressor\n"
+    readme = "x\n```python\nimport msp\n```\n```python\n" + marked + "```\n"
     assert python_blocks(readme) == ["import msp\n"]
     assert python_blocks(readme, llmcompressor=True) == [LLMCOMPRESSOR_MARKER + " (make)\nimport llmcompressor\n"]
     real = (REPO_DIR / "README.md").read_text()

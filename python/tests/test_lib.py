@@ -93,8 +93,8 @@ def _fake_library(tmp_path, source, dependency=None):
     link = []
     if dependency is not None:
         (tmp_path / "dep.c").write_text(dependency)
-        subprocess.run([compiler, "-shared", "-fPIC", str(tmp_path / "dep.c"), "-o", str(tmp_path / "libmsptestdep.so")],
-                       check=True)
+        dep = tmp_path / "libmsptestdep.so"
+        subprocess.run([compiler, "-shared", "-fPIC", str(tmp_path / "dep.c"), "-o", str(dep)], check=True)
         link = [f"-L{tmp_path}", "-lmsptestdep"]
     (tmp_path / "fake.c").write_text(source)
     library = tmp_path / "libmsp.so"
@@ -105,8 +105,8 @@ def _fake_library(tmp_path, source, dependency=None):
 def test_a_missing_dependency_is_named_instead_of_libmsp(tmp_path):
     """libmsp.so exists but a library it needs does not: the message names that library first
     (the dynamic loader's own words), not a missing libmsp.so."""
-    library = _fake_library(tmp_path, "int msp_test_dependency(void);\nint msp_abi_version(void) { return msp_test_dependency(); }\n",
-                            dependency="int msp_test_dependency(void) { return 1; }\n")
+    source = "int msp_test_dependency(void);\nint msp_abi_version(void) { return msp_test_dependency(); }\n"
+    library = _fake_library(tmp_path, source, dependency="int msp_test_dependency(void) { return 1; }\n")
     (tmp_path / "libmsptestdep.so").unlink()
     result = _import_msp({"MSP_LIBRARY_PATH": str(library)})
     assert result.returncode != 0 and "OSError" in result.stderr
@@ -126,7 +126,8 @@ def test_the_load_failure_message_names_what_is_missing():
     assert _lib.missing_dependency("/x/libmsp.so", old) == "/lib/libstdc++.so.6"
     message = _lib.load_failure(["/a/libmsp.so (libopenblas.so.0: cannot open ...)"], ["libopenblas.so.0"] * 2)
     assert message.startswith("msp: libmsp.so was found, but the dynamic loader cannot load libopenblas.so.0, which")
-    assert "apt-get install libopenblas0" in message and message.endswith("tried:\n  /a/libmsp.so (libopenblas.so.0: cannot open ...)")
+    assert "apt-get install libopenblas0" in message
+    assert message.endswith("tried:\n  /a/libmsp.so (libopenblas.so.0: cannot open ...)")
     assert "apt-get" not in _lib.load_failure(["/a/libmsp.so (...)"], ["/lib/libstdc++.so.6"])
     assert _lib.load_failure(["/b (not found)"], []).startswith("msp: cannot load libmsp.so (build it with `make lib`")
 

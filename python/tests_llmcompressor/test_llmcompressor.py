@@ -185,8 +185,11 @@ def test_bad_arguments_raise_before_any_modifier_is_made(model):
     swapped = dict(list(layers.items())[::-1])  # other sizes in the same places
     with pytest.raises(ValueError, match="made for other layers"):
         modifiers(plan, swapped)
-    with pytest.raises(TypeError, match="Embedding"):
+    with pytest.raises(TypeError, match=r"'embed' \(Embedding\) is not an nn.Linear"):
         modifiers(_plan_for({"embed": model.model.embed_tokens}, [1]), {"embed": model.model.embed_tokens})
+    q = model.model.layers[0].self_attn.q_proj
+    with pytest.raises(ValueError, match="layers 'a' and 'b' are the same module"):
+        modifiers(_plan_for({"a": q, "b": q}, [1, 1]), {"a": q, "b": q})
 
 
 def test_layers_must_be_the_models_modules(model, model_dir):
@@ -198,6 +201,17 @@ def test_layers_must_be_the_models_modules(model, model_dir):
     renamed = {("x." + name if i == 0 else name): module for i, (name, module) in enumerate(layers.items())}
     with pytest.raises(ValueError, match="'x.model.layers.0.self_attn.q_proj' is not the model's module"):
         modifiers(plan, renamed, model=model)
+
+
+def test_names_llmcompressor_reads_as_more_modules_are_refused():
+    """compressed-tensors matches a target by name or by class name: a module named "Linear"
+    would make the modifier prune every nn.Linear of the model."""
+    model = torch.nn.Module()
+    model.Linear, model.other = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+    plan = msp.Plan([1], [0.0, 0.5], [64])
+    with pytest.raises(ValueError, match=r"reads the layer names \['Linear'\] as more modules than planned \(other\)"):
+        modifiers(plan, {"Linear": model.Linear}, model=model)
+    assert modifiers(plan, {"other": model.other}, model=model)[0].targets == ["other"]
 
 
 def test_nm_groups_must_tile_the_rows_and_sparsegpt_blocks():

@@ -58,6 +58,7 @@ def _modifier_classes() -> dict[str, type]:
 
 
 def _check_arguments(plan: Any, pruner: Any, modifier_kwargs: dict[str, Any]) -> None:
+    """Raise unless the pruner is known, the plan is a plan, and no setting the plan owns is passed."""
     if not isinstance(pruner, str) or pruner not in PRUNERS:
         raise ValueError(f"pruner must be one of {', '.join(map(repr, PRUNERS))}, got {pruner!r}")
     planned = [key for key in _PLANNED if key in modifier_kwargs]
@@ -73,18 +74,22 @@ def _check_arguments(plan: Any, pruner: Any, modifier_kwargs: dict[str, Any]) ->
 def _ordered_layers(plan: Plan, layers: Any, model: Any) -> list[tuple[str, Any, Level]]:
     """``[(name, module, level)]`` in llm-compressor's target order, every layer checked against
     the plan (and against the model when one is given)."""
-    import torch
+    import torch  # llm-compressor is installed, so torch is
 
     if not isinstance(layers, Mapping):
-        raise TypeError(f"layers must be a mapping {{name: nn.Linear}} (msp.torch.linear_layers), got {type(layers).__name__}")
+        raise TypeError(f"layers must be a mapping {{name: nn.Linear}} (msp.torch.linear_layers(model)), "
+                        f"got {type(layers).__name__}")
     if len(layers) != plan.num_layers:
         raise ValueError(f"the plan has {plan.num_layers} layers but {len(layers)} layers were given")
-    entries = []
+    entries, owners = [], {}
     for i, ((name, module), size, level) in enumerate(zip(layers.items(), plan.sizes, plan.layer_levels)):
         if not isinstance(name, str):
             raise TypeError(f"layer names must be str (module names), got {type(name).__name__}")
         if not isinstance(module, torch.nn.Linear):
-            raise TypeError(f"layer {name!r} is a {type(module).__name__}; llm-compressor's pruners take nn.Linear layers here")
+            raise TypeError(f"layer {name!r} ({type(module).__name__}) is not an nn.Linear, which these pruners take")
+        if id(module) in owners:
+            raise ValueError(f"layers {owners[id(module)]!r} and {name!r} are the same module")
+        owners[id(module)] = name
         if module.weight.numel() != size:
             raise ValueError(
                 f"the plan's layer {i} has {size} parameters but layer {name!r} has {module.weight.numel()}; "
@@ -100,15 +105,17 @@ def _ordered_layers(plan: Plan, layers: Any, model: Any) -> list[tuple[str, Any,
     return sorted(entries, key=lambda entry: position[entry[0]])
 
 
-def _check_groups(entries: list[tuple[str, Any, Level]], pruner: str, block_size: int) -> None:
-    """N:M groups must tile ``in_features`` (and SparseGPT's column blocks) as msp's do."""
+def _check_groups(entries: list[tuple[str, Any, Level]], block_size: int | None) -> None:
+    """N:M groups must tile every row as msp's do: M divides ``in_features`` and, for SparseGPT
+    (``block_size`` given), its column blocks, where its groups restart."""
     for name, module, level in entries:
         if not level.m or level.n == level.m:
             continue
         cols = module.weight.shape[1]
         if cols % level.m:
-            raise ValueError(f"layer {name!r} has in_features = {cols}, not divisible by M = {level.m} of its level {level}")
-        if pruner == "sparsegpt" and cols > block_size and block_size % level.m:
+            raise ValueError(f"layer {name!r} has in_features = {cols}, not divisible by M = {level.m} of its "
+                             f"level {level}")
+        if block_size is not None and cols > block_size and block_size % level.m:
             raise ValueError(
                 f"SparseGPT's block_size ({block_size}) is not a multiple of M = {level.m}: its N:M groups "
                 f"would restart at every block of layer {name!r} (in_features = {cols}); pick a block_size "
@@ -117,15 +124,17 @@ def _check_groups(entries: list[tuple[str, Any, Level]], pruner: str, block_size
 
 
 def _verify_targets(model: Any, recipe: list) -> None:
-    """Each modifier's targets match exactly its own modules under llm-compressor's own matcher
-    (a name could also read as a regex or a class name there)."""
+    """Raise unless llm-compressor's own matcher reads each modifier's targets as exactly its
+    layers (a module name could also read as a class name, or as a regex after ``re:``)."""
     from compressed_tensors.utils import match_named_modules
 
     for modifier in recipe:
-        matched = [name for name, _ in match_named_modules(model, modifier.targets)]
-        if matched != modifier.targets:
-            unexpected = sorted(set(matched) - set(modifier.targets))
-            raise ValueError(f"llm-compressor would read the targets {modifier.targets[:3]}... as more modules: {unexpected[:3]}")
+        extra = [name for name, _ in match_named_modules(model, modifier.targets) if name not in modifier.targets]
+        if extra:
+            raise ValueError(
+                f"llm-compressor's matcher reads the layer names {modifier.targets} as more modules than "
+                f"planned ({', '.join(extra[:4])}): a name equals a module class name or starts with 're:'"
+            )
 
 
 def modifiers(plan: Plan, layers: Mapping[str, Any], pruner: str = "sparsegpt", *, model: Any = None,
@@ -155,16 +164,19 @@ def modifiers(plan: Plan, layers: Mapping[str, Any], pruner: str = "sparsegpt", 
         TypeError: a plan that is not an ``msp.Plan``, layers that are not a mapping of
             ``nn.Linear`` modules.
         ValueError: an unknown pruner; a setting the plan owns in ``modifier_kwargs``; a plan
-            made for other layers (count or sizes); an N:M level whose M does not divide a
-            layer's ``in_features`` (or SparseGPT's ``block_size``); with ``model``, a layer that
-            is not the model's module of its name.
+            made for other layers (count or sizes); one module under two names; an N:M level whose
+            M does not divide a layer's ``in_features`` (or SparseGPT's ``block_size``); with
+            ``model``, a layer that is not the model's module of its name, or a name its matcher
+            reads as more modules.
     """
     classes = _modifier_classes()
     _check_arguments(plan, pruner, modifier_kwargs)
     cls = classes[pruner]
     entries = _ordered_layers(plan, layers, model)
-    block_size = int(modifier_kwargs.get("block_size", cls.model_fields["block_size"].default)) if pruner == "sparsegpt" else 0
-    _check_groups(entries, pruner, block_size)
+    block_size = None
+    if pruner == "sparsegpt":
+        block_size = int(modifier_kwargs.get("block_size", cls.model_fields["block_size"].default))
+    _check_groups(entries, block_size)
 
     unstructured = [(name, level.sparsity) for name, _, level in entries if not level.m and level.sparsity > 0]
     by_level: dict[Level, list[str]] = {}
@@ -176,8 +188,9 @@ def modifiers(plan: Plan, layers: Mapping[str, Any], pruner: str = "sparsegpt", 
         recipe.append(cls(targets=[name for name, _ in unstructured], sparsity=[s for _, s in unstructured],
                           ignore=[], **modifier_kwargs))
     for level in sorted(by_level, key=lambda level: level.sparsity):
-        recipe.append(cls(targets=by_level[level], sparsity=level.sparsity, mask_structure=f"{level.m - level.n}:{level.m}",
-                          ignore=[], **modifier_kwargs))
+        pruned = f"{level.m - level.n}:{level.m}"  # llm-compressor counts the pruned weights of each group
+        recipe.append(cls(targets=by_level[level], sparsity=level.sparsity, mask_structure=pruned, ignore=[],
+                          **modifier_kwargs))
     if model is not None:
         _verify_targets(model, recipe)
     return recipe
