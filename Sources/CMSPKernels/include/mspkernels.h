@@ -1,6 +1,7 @@
 /* Row kernels of msp_nm_linear (the product of compressed N:M weights with a few tokens), one per
- * instruction set, and the run-time choice among them. Internal to libmsp: MSPCore validates every
- * argument and the packed index before a kernel reads a row.
+ * instruction set, the run-time choice among them, and the check of a packed index. Internal to
+ * libmsp: MSPCore validates every argument, and a row's index is checked (by MSPCore, or by the
+ * AVX-512 kernel itself) before a kernel reads the row's values.
  *
  * Every kernel computes the same float32 result, bit for bit: the summation order below is part of
  * the contract, so that results do not depend on the machine's instruction set or the thread count.
@@ -10,7 +11,7 @@
  *   bfloat16:        first[j] = w[32c + 2j],  second[j] = w[32c + 2j + 1]
  *   float16, float32: first[j] = w[32c + j],   second[j] = w[32c + 16 + j]
  * (a pruned or padded position is 0). The prepared tokens `x` hold the same half vectors of each
- * token (mspk_x_layout says which mapping), as float32, zero past `cols`. Four 16-lane partial sums
+ * token (mspk_x_interleaved says which mapping), as float32, zero past `cols`. Four 16-lane partial sums
  * per (row, token), P[s][h] for chunk parity s = c % 2 and half h, start at +0 and take, chunk by
  * chunk in order, P[s][0] = fma(first, x_first, P[s][0]) then P[s][1] = fma(second, x_second, P[s][1])
  * (fused, one rounding each). Then S = (P[0][0] + P[0][1]) + (P[1][0] + P[1][1]) lane-wise, and S
