@@ -232,6 +232,107 @@ msp_status msp_topk_prune(void *weights, msp_dtype dtype, int64_t rows, int64_t 
                           int32_t scope, const float *col_scale, uint8_t *keep_mask_out);
 
 /* ---------------------------------------------------------------------------------------------
+ * Compressed N:M weights
+ *
+ * An N:M matrix stored as its kept values and a bitmask, and its product with a few tokens
+ * computed from that form, so that a pruned layer is smaller in memory and faster to apply: at 2:8
+ * a bfloat16 matrix takes 0.31 of its dense bytes.
+ *
+ * Format of a rows x cols matrix at level n:m (0 < n < m <= MSP_MAX_M, cols % m == 0), dtype:
+ *   values  rows x (cols / m * n) elements of dtype, row-major: each row's kept weights in column
+ *           order, exactly n of every group of m columns.
+ *   index   rows x (4 * ceil(cols / 32)) bytes, row-major: bit (c % 8) of byte (c / 8) of a row is 1
+ *           when column c is kept (that is, one little-endian 32-bit word per 32 columns). Each group
+ *           of m columns has exactly n bits set; bits at or past cols are 0.
+ * Readers check the index (and reject any other) before they read a row's values, so a bad index
+ * is an MSP_ERR_INVALID_ARGUMENT, never a read outside the buffers.
+ *
+ * Functions are stateless and reentrant; rows are split across threads (msp_set_num_threads), and
+ * results do not depend on the thread count. On error no output buffer has changed.
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ * The sizes of a packed matrix, for allocating its buffers.
+ *
+ *   rows, cols        > 0, rows * cols must fit in int64_t; cols % m == 0.
+ *   n, m              0 < n < m <= MSP_MAX_M.
+ *   dtype             MSP_DTYPE_F32, MSP_DTYPE_F16 or MSP_DTYPE_BF16.
+ *   values_bytes_out  receives rows * (cols / m * n) * sizeof(element).
+ *   index_bytes_out   receives rows * 4 * ceil(cols / 32).
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL pointer, bad size, dtype or pattern; outputs
+ * unchanged).
+ */
+msp_status msp_nm_packed_size(int64_t rows, int64_t cols, int32_t n, int32_t m, msp_dtype dtype,
+                              int64_t *values_bytes_out, int64_t *index_bytes_out);
+
+/*
+ * Packs weights into the compressed format: in every group of m consecutive weights along a row the
+ * n with the highest score |w[r][c]| * col_scale[c] are kept, with the order and ties of
+ * msp_nm_prune (score descending, then column ascending). A matrix already pruned to n:m packs
+ * exactly its nonzeros (and zeros where a group holds fewer than n), so msp_nm_unpack gives it back
+ * bit for bit. The weights are not modified.
+ *
+ *   weights     rows x cols elements of `dtype`, row-major; no NaN.
+ *   dtype, rows, cols, n, m, col_scale   as for msp_nm_prune.
+ *   values_out  the values (see msp_nm_packed_size); must not overlap the other buffers.
+ *   index_out   the index (see msp_nm_packed_size); must not overlap the other buffers.
+ *
+ * Uses a keep mask of at most 1 MiB as scratch. Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL
+ * pointer, bad size, dtype or pattern, NaN weight, negative or non-finite col_scale, NaN score: the
+ * message names the argument and position); MSP_ERR_OUT_OF_MEMORY.
+ */
+msp_status msp_nm_pack(const void *weights, msp_dtype dtype, int64_t rows, int64_t cols, int32_t n, int32_t m,
+                       const float *col_scale, void *values_out, uint8_t *index_out);
+
+/*
+ * Writes the dense masked matrix of a packed one: each kept value at its column, +0 elsewhere.
+ *
+ *   values, index      a packed matrix of these rows, cols, n, m and dtype.
+ *   weights_out        rows x cols elements of `dtype`; must not overlap the inputs.
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL pointer, bad size, dtype or pattern, an index that
+ * breaks the format: the message names the row and group).
+ */
+msp_status msp_nm_unpack(const void *values, const uint8_t *index, msp_dtype dtype, int64_t rows, int64_t cols,
+                         int32_t n, int32_t m, void *weights_out);
+
+/*
+ * Multiplies packed weights W (rows x cols) with `batch` tokens: y[t][r] = sum_c W[r][c] * x[t][c],
+ * that is Y = X W^T (torch.nn.functional.linear without bias; y = W x for one token). Decoding (1 to
+ * 16 tokens) is the case it is made for: the weights are read once per 16 tokens.
+ *
+ * Arithmetic: every element is widened exactly to float32 and accumulated by fused multiply-adds in
+ * float32 in a fixed order (per row: 16-lane partial sums over chunks of 32 columns, folded
+ * pairwise), the same on every instruction set and thread count, and for a token alone or in any
+ * batch. The result is the float32 product of the dense masked matrix: within about
+ * (ceil(cols / 64) + 6) * 2^-24 * sum_c |W[r][c] * x[t][c]| of the exact value; a pruned column
+ * contributes 0 * x, so an infinite or NaN x makes the outputs NaN as in a dense product. It is then
+ * rounded to nearest even in y_dtype.
+ *
+ *   values, index   a packed matrix of these rows, cols, n, m and dtype.
+ *   x               batch x cols elements of x_dtype, row-major.
+ *   x_dtype         MSP_DTYPE_F32, MSP_DTYPE_F16 or MSP_DTYPE_BF16.
+ *   batch           > 0; batch * cols and batch * rows must fit in int64_t.
+ *   y               batch x rows elements of y_dtype, row-major; must not overlap the inputs.
+ *   y_dtype         MSP_DTYPE_F32, MSP_DTYPE_F16 or MSP_DTYPE_BF16 (x_dtype for torch's behaviour,
+ *                   MSP_DTYPE_F32 for the unrounded sums).
+ *
+ * Kernels: AVX-512 (F, BW, VL, DQ, VBMI2, BITALG, VPOPCNTDQ) where the CPU has it, else AVX2 with
+ * FMA, else portable C; all give the same bits. The environment variable MSP_ISA=avx2 or
+ * MSP_ISA=portable, read once per process, caps the choice (msp_nm_linear_isa says which runs).
+ * Uses scratch of about 16 x (cols + rows) floats.
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL pointer, bad size, dtype, pattern or batch, an index
+ * that breaks the format: y unchanged); MSP_ERR_OUT_OF_MEMORY.
+ */
+msp_status msp_nm_linear(const void *values, const uint8_t *index, msp_dtype dtype, int64_t rows, int64_t cols,
+                         int32_t n, int32_t m, const void *x, msp_dtype x_dtype, int64_t batch, void *y,
+                         msp_dtype y_dtype);
+
+/* The kernels msp_nm_linear uses in this process: "avx512", "avx2" or "portable"; static storage. */
+const char *msp_nm_linear_isa(void);
+
+/* ---------------------------------------------------------------------------------------------
  * Fisher traces
  *
  * The sensitivity of layer l is the trace of its Fisher information, Tr(F_l) = (1/S) sum_s ||g_ls||^2,

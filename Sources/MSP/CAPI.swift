@@ -74,11 +74,11 @@ func topKScope(_ scope: Int32) throws -> TopKScope {
     return value
 }
 
-/// Converts a dtype argument.
+/// Converts a dtype argument named `name` in messages.
 /// - Throws: `MSPError.invalidArgument` for a value that is not an `MSP_DTYPE_*` constant.
-func elementType(_ dtype: msp_dtype) throws -> ElementType {
+func elementType(_ dtype: msp_dtype, _ name: String = "dtype") throws -> ElementType {
     guard let type = ElementType(rawValue: dtype) else {
-        throw MSPError.invalidArgument("dtype (\(dtype)) is not MSP_DTYPE_F32, MSP_DTYPE_F16 or MSP_DTYPE_BF16")
+        throw MSPError.invalidArgument("\(name) (\(dtype)) is not MSP_DTYPE_F32, MSP_DTYPE_F16 or MSP_DTYPE_BF16")
     }
     return type
 }

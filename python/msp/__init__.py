@@ -41,6 +41,7 @@ from .search_settings import SearchSettings
 from .search import Search
 from .planner import plan
 from .costs import cost_table
+from .packed import PackedNM, nm_linear, nm_pack
 
 __version__ = version()
 
@@ -66,4 +67,7 @@ __all__ = [
     "SearchSettings",
     "plan",
     "cost_table",
+    "PackedNM",
+    "nm_pack",
+    "nm_linear",
 ]

@@ -153,6 +153,16 @@ _DECLARATIONS = [
     ("msp_nm_prune", _STATUS, (c_void_p, c_int32, c_int64, c_int64, c_int32, c_int32, c_void_p, c_void_p)),
     # msp_status msp_topk_prune(void *weights, msp_dtype dtype, int64_t rows, int64_t cols, double sparsity, int32_t scope, const float *col_scale, uint8_t *keep_mask_out);
     ("msp_topk_prune", _STATUS, (c_void_p, c_int32, c_int64, c_int64, c_double, c_int32, c_void_p, c_void_p)),
+    # msp_status msp_nm_packed_size(int64_t rows, int64_t cols, int32_t n, int32_t m, msp_dtype dtype, int64_t *values_bytes_out, int64_t *index_bytes_out);
+    ("msp_nm_packed_size", _STATUS, (c_int64, c_int64, c_int32, c_int32, c_int32, _p_int64, _p_int64)),
+    # msp_status msp_nm_pack(const void *weights, msp_dtype dtype, int64_t rows, int64_t cols, int32_t n, int32_t m, const float *col_scale, void *values_out, uint8_t *index_out);
+    ("msp_nm_pack", _STATUS, (c_void_p, c_int32, c_int64, c_int64, c_int32, c_int32, c_void_p, c_void_p, c_void_p)),
+    # msp_status msp_nm_unpack(const void *values, const uint8_t *index, msp_dtype dtype, int64_t rows, int64_t cols, int32_t n, int32_t m, void *weights_out);
+    ("msp_nm_unpack", _STATUS, (c_void_p, c_void_p, c_int32, c_int64, c_int64, c_int32, c_int32, c_void_p)),
+    # msp_status msp_nm_linear(const void *values, const uint8_t *index, msp_dtype dtype, int64_t rows, int64_t cols, int32_t n, int32_t m, const void *x, msp_dtype x_dtype, int64_t batch, void *y, msp_dtype y_dtype);
+    ("msp_nm_linear", _STATUS, (c_void_p, c_void_p, c_int32, c_int64, c_int64, c_int32, c_int32, c_void_p, c_int32, c_int64, c_void_p, c_int32)),
+    # const char *msp_nm_linear_isa(void);
+    ("msp_nm_linear_isa", c_char_p, ()),
     # msp_status msp_sum_squares(const void *data, msp_dtype dtype, int64_t count, double *out);
     ("msp_sum_squares", _STATUS, (c_void_p, c_int32, c_int64, _p_double)),
     # msp_status msp_fisher_create(const int64_t *sizes, int64_t num_layers, msp_fisher **out);

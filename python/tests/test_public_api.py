@@ -76,6 +76,16 @@ def _planning_names():
     assert msp.cost_table(w, [0.5, "1:4"]).tolist() == [1 + 4, 1 + 4 + 9]
 
 
+def _packed_names():
+    w = np.array([[3, -1, 4, 1, -5, 9, 2, -6]], np.float32)
+    packed = msp.nm_pack(w, "2:4")  # keeps 3, 4 and 9, -6: values in column order, index bits 0, 2, 5, 7
+    assert isinstance(packed, msp.PackedNM) and packed.values.tolist() == [[3, 4, 9, -6]]
+    assert packed.index.tolist() == [[0b10100101, 0, 0, 0]] and packed.nbytes == 16 + 4
+    assert packed.unpack().tolist() == [[3, 0, 4, 0, 0, 9, 0, -6]]
+    x = np.array([[1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 2, 0, 0, 0, 0, 1]], np.float32)
+    assert msp.nm_linear(x, packed).tolist() == [[10], [2]]  # 3 + 4 + 9 - 6, 2 * 4 - 6
+
+
 def _error_names():
     for cls, builtin in [(msp.InvalidArgumentError, ValueError), (msp.OutOfMemoryError, MemoryError),
                          (msp.InfeasibleError, ValueError), (msp.MSPCancelled, RuntimeError),
@@ -101,6 +111,7 @@ MSP_NAMES = {
     "Level": _planning_names, "nm_levels": _planning_names, "ratio_levels": _planning_names,
     "Plan": _planning_names, "Problem": _planning_names, "Search": _planning_names,
     "SearchSettings": _planning_names, "plan": _planning_names, "cost_table": _planning_names,
+    "PackedNM": _packed_names, "nm_pack": _packed_names, "nm_linear": _packed_names,
 }
 
 
@@ -295,6 +306,22 @@ def _readme_search(block, capsys):
     assert run.levels == best.levels and run.evaluations == best.evaluations
 
 
+def _readme_packed(block, capsys):
+    generator = torch.Generator().manual_seed(6)
+    layer = torch.nn.Linear(256, 64).to(torch.bfloat16)
+    x = torch.randn(3, 256, generator=generator).to(torch.bfloat16)
+    dense = layer.weight.detach().clone()
+    namespace, printed = _run_readme_block(block, {"layer": layer, "x": x}, capsys)
+    msp.prune_nm_(dense, "2:8")
+    w, y = namespace["w"], namespace["y"]
+    assert torch.equal(w.view(torch.int16), dense.view(torch.int16))  # the weight itself is not pruned
+    assert not torch.equal(layer.weight.detach().view(torch.int16), dense.view(torch.int16))
+    exact = x.double() @ dense.double().T  # within float32 rounding, then rounded to bfloat16
+    assert torch.allclose(y.double(), exact, rtol=2**-8, atol=1e-6 * float(exact.abs().max()))
+    assert torch.equal(msp.nm_linear(x, namespace["stored"]).view(torch.int16), y.view(torch.int16))
+    assert printed.strip() == f"{64 * 64 * 2 + 64 * 32} bytes instead of {64 * 256 * 2}"
+
+
 README_RUNNERS = {  # a line only that block has -> the test that runs it
     'msp.prune_nm_(layer.weight.data, "2:4")': _readme_masking,
     "traces = fisher_traces(model, layers, calibration)": _readme_pytorch_loop,
@@ -302,6 +329,7 @@ README_RUNNERS = {  # a line only that block has -> the test that runs it
     'dense_copies="host"': _readme_gpu,
     "model = nn.Sequential(": _readme_any_module,
     "while candidates := search.ask():": _readme_search,
+    "stored = msp.PackedNM(": _readme_packed,
 }
 
 
