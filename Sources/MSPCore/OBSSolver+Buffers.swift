@@ -50,33 +50,35 @@ extension OBSSolver {
     /// that every one is finite there, and the keep mask: a weight is pruned exactly when it is -0
     /// in `w` (written as +0).
     /// - Throws: `MSPError.invalidArgument` naming the first weight, in row-major order, that is not
-    ///   finite; nothing is written then.
+    ///   finite in the element type; nothing is written then.
     func store(
         _ w: UnsafePointer<Float>, _ matrix: Matrix, stride: Int, into weights: UnsafeMutableRawPointer,
         keepMask: UnsafeMutablePointer<UInt8>?
     ) throws {
-        func run<E: Element>(_: E.Type, _ narrow: (Float) -> E.Bits) throws {
+        func run<E: NarrowElement>(_: E.Type) throws {
             let target = weights.assumingMemoryBound(to: E.Bits.self), cols = self.cols, rows = matrix.rows
-            let finite = try Threads.map(cols, minimumPerThread: max(1, (1 << 16) / stride)) { range -> Bool in
-                var finite = true
+            // The largest magnitude bits per column range (NaN patterns are the largest): a
+            // maximum vectorises, a test per element does not.
+            let largest = try Threads.map(cols, minimumPerThread: max(1, (1 << 16) / stride)) { range -> UInt32 in
+                var largest: UInt32 = 0
                 for c in range {
                     let column = w + c &* stride
-                    for r in 0..<rows { finite = finite && E.widen(narrow(column[r])).isFinite }
+                    for r in 0..<rows { largest = max(largest, column[r].bitPattern & 0x7FFF_FFFF) }
                 }
-                return finite
-            }
-            if finite.contains(false),
-                let i = (0..<matrix.count).first(where: { !E.widen(narrow(w[($0 % cols) &* stride &+ $0 / cols])).isFinite })
+                return largest
+            }.max() ?? 0
+            if largest >= E.overflow.bitPattern,
+                let i = (0..<matrix.count).first(where: { !(abs(w[($0 % cols) &* stride &+ $0 / cols]) < E.overflow) })
             {
                 throw MSPError.invalidArgument(
                     "the pruned weights[\(i / cols)][\(i % cols)] (\(w[(i % cols) * stride + i / cols])) overflow "
-                        + "\(matrix.type): the Gram matrix is too ill-conditioned for these weights; pass a larger damp")
+                        + "\(E.name): the Gram matrix is too ill-conditioned for these weights; pass a larger damp")
             }
             let pruned = (-0.0 as Float).bitPattern
             _ = try tiles(rows: rows, stride: stride) { t, count in
                 for c in 0..<cols {
                     let src = w + (c &* stride &+ t)
-                    for l in 0..<count { target[(t &+ l) &* cols &+ c] = narrow(src[l] + 0) }
+                    for l in 0..<count { target[(t &+ l) &* cols &+ c] = E.narrow(src[l] + 0) }
                     if let keepMask {
                         for l in 0..<count { keepMask[(t &+ l) &* cols &+ c] = src[l].bitPattern == pruned ? 0 : 1 }
                     }
@@ -84,11 +86,42 @@ extension OBSSolver {
             }
         }
         switch matrix.type {
-        case .f32: try run(F32.self) { $0.bitPattern }
-        case .f16: try run(F16.self) { Float16($0).bitPattern }
-        case .bf16:
-            // Round to nearest, ties to even, on the bits (finite inputs; an overflow gives inf).
-            try run(BF16.self) { UInt16(truncatingIfNeeded: ($0.bitPattern &+ 0x7FFF &+ (($0.bitPattern >> 16) & 1)) >> 16) }
+        case .f32: try run(F32.self)
+        case .f16: try run(F16.self)
+        case .bf16: try run(BF16.self)
         }
     }
+}
+
+/// A storage format that float32 values round to, for writing results.
+protocol NarrowElement: Element {
+    /// The stored bits of `x` rounded to nearest, ties to even (finite `x` below `overflow`).
+    static func narrow(_ x: Float) -> Bits
+    /// The smallest float32 magnitude that does not round to a finite value.
+    static var overflow: Float { get }
+    /// The format's name in messages.
+    static var name: String { get }
+}
+
+extension F32: NarrowElement {
+    @inline(__always) static func narrow(_ x: Float) -> UInt32 { x.bitPattern }
+    static var overflow: Float { .infinity }
+    static var name: String { "float32" }
+}
+
+extension F16: NarrowElement {
+    @inline(__always) static func narrow(_ x: Float) -> UInt16 { Float16(x).bitPattern }
+    /// 65520: halfway between 65504, the largest binary16, and the next step, 65536.
+    static var overflow: Float { 65520 }
+    static var name: String { "float16" }
+}
+
+extension BF16: NarrowElement {
+    @inline(__always) static func narrow(_ x: Float) -> UInt16 {
+        UInt16(truncatingIfNeeded: (x.bitPattern &+ 0x7FFF &+ ((x.bitPattern >> 16) & 1)) >> 16)
+    }
+    /// Halfway between the largest bfloat16 (0x7F7F) and the next step: ties go to the even 0x7F80,
+    /// infinity.
+    static var overflow: Float { Float(bitPattern: 0x7F7F_8000) }
+    static var name: String { "bfloat16" }
 }

@@ -10,7 +10,7 @@ import CMSPBLAS
 /// column of a tile of 16 rows is one vector. The columns are swept in blocks of `block` columns.
 /// Within a block every tile goes column by column: the column's pruned lanes (rows) get the error
 /// `e = w / U_cc` and become 0, and the later columns of the block are updated at once,
-/// `w_j -= e · U_cj` for all 16 rows (kept lanes carry e = 0). After a block, the columns after it
+/// `w_j -= e · U_cj` for all 16 rows (kept lanes carry e = 0; one fused multiply-add, rounded once). After a block, the columns after it
 /// get its errors lazily, `W[:, i2:] -= E · U[i1:i2, i2:]`, by `cblas_sgemm` on fixed panels of
 /// `panelRows` rows. Rows are independent within a block: panels are split across threads, and
 /// every panel's work is the same whatever the thread count, so results do not depend on it.
@@ -145,7 +145,8 @@ struct OBSSweep {
             errors.storeBytes(of: e, toByteOffset: k &* rowBytes, as: Lanes.self)
             guard any(mask) else { continue }
             let factorRow = u + (c &* cols &+ i1)
-            for j in (k &+ 1)..<width { tile[j] = tile[j] - e * Lanes(repeating: factorRow[j]) }
+            let minusE = -e
+            for j in (k &+ 1)..<width { tile[j] = tile[j].addingProduct(minusE, Lanes(repeating: factorRow[j])) }
         }
         for k in 0..<width { source.storeBytes(of: tile[k], toByteOffset: k &* rowBytes, as: Lanes.self) }
     }

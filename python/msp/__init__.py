@@ -9,7 +9,9 @@ tensors::
     keep = msp.nm_mask(scores, 2, 4)                             # mask only
 
 Planning: ``msp.FisherAccumulator`` (sensitivities), ``msp.nm_levels`` / ``msp.ratio_levels`` (level
-sets), ``msp.plan`` / ``msp.Search`` (per-layer plans), ``msp.cost_table`` (proxy costs). torch
+sets), ``msp.plan`` / ``msp.Search`` (per-layer plans), ``msp.cost_table`` (proxy costs).
+SparseGPT: ``msp.GramAccumulator`` (Gram matrices of layer inputs) and ``msp.OBS`` (one factorised
+Gram matrix that prunes any number of levels and weights). torch
 helpers live in ``msp.torch``, which is the only module that imports torch.
 
 Library errors raise ``msp.MSPError`` subclasses that are also ``ValueError``, ``MemoryError`` or
@@ -33,6 +35,8 @@ from .levels import Level, nm_levels, ratio_levels
 from .plan import Plan  # binds the submodule msp.plan first; the function below replaces the name
 from .planner import Problem, Search, plan
 from .costs import cost_table
+from .gram import GramAccumulator
+from .obs import OBS
 
 __version__ = version()
 
@@ -57,4 +61,6 @@ __all__ = [
     "Search",
     "plan",
     "cost_table",
+    "GramAccumulator",
+    "OBS",
 ]
