@@ -175,7 +175,9 @@ public final class OBSSolver: @unchecked Sendable {
         }
         guard block > 0 else { throw MSPError.invalidArgument("block (\(block)) must be > 0") }
         let pattern = level.pattern
-        try pattern?.validate(cols: cols)
+        if let nm = level.nm, cols % nm.m != 0 {
+            throw MSPError.invalidArgument("cols (\(cols)) must be a multiple of m (\(nm.m))")
+        }
         let rows = matrix.rows
         // Whole tiles, and no multiple of 256 floats (1 KiB): columns of power-of-two distance
         // would share cache sets.
