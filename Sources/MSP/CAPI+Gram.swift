@@ -9,27 +9,16 @@ public func msp_gram_create(
     _ cols: UnsafePointer<Int64>?, _ num_layers: Int64, _ out: UnsafeMutablePointer<OpaquePointer?>?
 ) -> msp_status {
     boundary {
-        let cols = try required(cols, "cols")
+        let cols = try layerValues(cols, num_layers, "cols")
         let out = try required(out, "out")
-        guard num_layers > 0 else {
-            throw MSPError.invalidArgument("num_layers (\(num_layers)) must be > 0")
-        }
-        guard let count = Int(exactly: num_layers),
-            !count.multipliedReportingOverflow(by: MemoryLayout<Int64>.stride).overflow
-        else {
-            throw MSPError.invalidArgument("num_layers (\(num_layers)) is too large")
-        }
-        let widths = UnsafeBufferPointer(start: cols, count: count).lazy.map { Int($0) }
-        let accumulator = try GramAccumulator(cols: widths)
-        out.pointee = OpaquePointer(Unmanaged.passRetained(accumulator).toOpaque())
+        out.pointee = retained(try GramAccumulator(cols: cols))
     }
 }
 
 /// Releases a Gram accumulator; NULL is a no-op.
 @_cdecl("msp_gram_free")
 public func msp_gram_free(_ gram: OpaquePointer?) {
-    guard let gram else { return }
-    Unmanaged<GramAccumulator>.fromOpaque(UnsafeRawPointer(gram)).release()
+    release(gram, as: GramAccumulator.self)
 }
 
 /// Adds the Gram matrix of one activation chunk to a layer; see `include/msp.h`.
@@ -39,8 +28,7 @@ public func msp_gram_add(
     _ cols: Int64
 ) -> msp_status {
     boundary {
-        let accumulator = try gramHandle(gram)
-        let layer = try layerIndex(layer, accumulator)
+        let (accumulator, layer) = try gramLayer(gram, layer)
         let x = try required(x, "x")
         let shape = try matrix(rows: tokens, cols: cols, dtype: dtype)
         try accumulator.add(layer: layer, x, type: shape.type, tokens: shape.rows, cols: shape.cols)
@@ -53,10 +41,8 @@ public func msp_gram_tokens(_ gram: OpaquePointer?, _ layer: Int64, _ out: Unsaf
     -> msp_status
 {
     boundary {
-        let accumulator = try gramHandle(gram)
-        let layer = try layerIndex(layer, accumulator)
-        let out = try required(out, "out")
-        out.pointee = Int64(accumulator.tokens(ofLayer: layer) ?? 0)
+        let (accumulator, layer) = try gramLayer(gram, layer)
+        try required(out, "out").pointee = Int64(accumulator.tokens(ofLayer: layer) ?? 0)
     }
 }
 
@@ -66,32 +52,28 @@ public func msp_gram_get(_ gram: OpaquePointer?, _ layer: Int64, _ out: UnsafeMu
     -> msp_status
 {
     boundary {
-        let accumulator = try gramHandle(gram)
-        let layer = try layerIndex(layer, accumulator)
-        let out = try required(out, "out")
+        let (accumulator, layer) = try gramLayer(gram, layer)
         let cols = accumulator.cols(ofLayer: layer) ?? 0
-        try accumulator.gram(layer: layer, into: UnsafeMutableBufferPointer(start: out, count: cols * cols))
+        let out = UnsafeMutableBufferPointer(start: try required(out, "out"), count: cols * cols)
+        try accumulator.gram(layer: layer, into: out)
     }
 }
 
 /// Clears every layer's sums and token count; see `include/msp.h`.
 @_cdecl("msp_gram_reset")
 public func msp_gram_reset(_ gram: OpaquePointer?) -> msp_status {
-    boundary { try gramHandle(gram).reset() }
+    boundary {
+        let accumulator: GramAccumulator = try handle(gram, "gram")
+        accumulator.reset()
+    }
 }
 
-/// The accumulator behind a handle from `msp_gram_create`, borrowed for the call.
-/// - Throws: `MSPError.invalidArgument` "gram is NULL".
-private func gramHandle(_ gram: OpaquePointer?) throws -> GramAccumulator {
-    let gram = try required(gram, "gram")
-    return Unmanaged<GramAccumulator>.fromOpaque(UnsafeRawPointer(gram)).takeUnretainedValue()
-}
-
-/// Converts a layer argument of a Gram accumulator.
-/// - Throws: `MSPError.invalidArgument` for an index outside [0, num_layers).
-private func layerIndex(_ layer: Int64, _ accumulator: GramAccumulator) throws -> Int {
+/// The accumulator behind a handle and a layer argument checked against it.
+/// - Throws: `MSPError.invalidArgument` for a NULL handle or a layer outside [0, num_layers).
+private func gramLayer(_ gram: OpaquePointer?, _ layer: Int64) throws -> (GramAccumulator, Int) {
+    let accumulator: GramAccumulator = try handle(gram, "gram")
     guard let index = Int(exactly: layer), accumulator.cols(ofLayer: index) != nil else {
         throw MSPError.invalidArgument("layer (\(layer)) must be in [0, \(accumulator.layerCount))")
     }
-    return index
+    return (accumulator, index)
 }

@@ -12,16 +12,14 @@ public func msp_obs_create(
         let gram = try required(gram, "gram")
         let out = try required(out, "out")
         let shape = try matrix(rows: cols, cols: cols, dtype: MSP_DTYPE_F32)
-        let solver = try OBSSolver(gram: gram, cols: shape.cols, damp: damp)
-        out.pointee = OpaquePointer(Unmanaged.passRetained(solver).toOpaque())
+        out.pointee = retained(try OBSSolver(gram: gram, cols: shape.cols, damp: damp))
     }
 }
 
 /// Releases a solver; NULL is a no-op.
 @_cdecl("msp_obs_free")
 public func msp_obs_free(_ obs: OpaquePointer?) {
-    guard let obs else { return }
-    Unmanaged<OBSSolver>.fromOpaque(UnsafeRawPointer(obs)).release()
+    release(obs, as: OBSSolver.self)
 }
 
 /// Prunes weights in place to one level with SparseGPT's sweep; see `include/msp.h`.
@@ -31,12 +29,11 @@ public func msp_obs_prune(
     _ level: UnsafePointer<msp_level>?, _ block: Int64, _ keep_out: UnsafeMutablePointer<UInt8>?
 ) -> msp_status {
     boundary {
-        let solver = try required(obs, "obs")
+        let solver: OBSSolver = try handle(obs, "obs")
         let weights = try required(weights, "weights")
         let level = try levelSet(try required(level, "level"), 1).levels[0]
         let shape = try matrix(rows: rows, cols: cols, dtype: dtype)
         guard block > 0 else { throw MSPError.invalidArgument("block (\(block)) must be > 0") }
-        try Unmanaged<OBSSolver>.fromOpaque(UnsafeRawPointer(solver)).takeUnretainedValue().prune(
-            weights: weights, shape, level: level, block: Int(clamping: block), keepMask: keep_out)
+        try solver.prune(weights: weights, shape, level: level, block: Int(clamping: block), keepMask: keep_out)
     }
 }

@@ -3,12 +3,6 @@
 import CMSPHeader
 import MSPCore
 
-/// The search behind a handle argument.
-/// - Throws: `MSPError.invalidArgument` for NULL.
-private func searchHandle(_ pointer: OpaquePointer?) throws -> Search {
-    Unmanaged<Search>.fromOpaque(UnsafeRawPointer(try required(pointer, "search"))).takeUnretainedValue()
-}
-
 /// The default search settings.
 @_cdecl("msp_search_params_default")
 public func msp_search_params_default() -> msp_search_params {
@@ -29,7 +23,7 @@ public func msp_search_create(
     _ out: UnsafeMutablePointer<OpaquePointer?>?
 ) -> msp_status {
     boundary {
-        let problem = try problemHandle(problem).problem
+        let problem = try (handle(problem, "problem") as ProblemHandle).problem
         let out = try required(out, "out")
         let sensitivity = try array(sensitivity, problem.layerCount, "sensitivity")
         let c = try checkedParams(params, "params") ?? msp_search_params_default()
@@ -50,21 +44,21 @@ public func msp_search_create(
         p.fidelityLevels = Int(c.fidelity_levels)
         p.fidelityKeep = c.fidelity_keep
         let search = try Search(problem: problem, sensitivity: sensitivity, params: p)
-        out.pointee = OpaquePointer(Unmanaged.passRetained(search).toOpaque())
+        out.pointee = retained(search)
     }
 }
 
 /// Releases a search; accepts NULL.
 @_cdecl("msp_search_free")
 public func msp_search_free(_ search: OpaquePointer?) {
-    guard let search else { return }
-    Unmanaged<Search>.fromOpaque(UnsafeRawPointer(search)).release()
+    release(search, as: Search.self)
 }
 
 /// The most candidates one ask returns (0 for NULL).
 @_cdecl("msp_search_max_batch")
 public func msp_search_max_batch(_ search: OpaquePointer?) -> Int64 {
-    (try? searchHandle(search)).map { Int64($0.maxBatch) } ?? 0
+    guard let search: Search = try? handle(search, "search") else { return 0 }
+    return Int64(search.maxBatch)
 }
 
 /// Proposes candidates; see `include/msp.h`.
@@ -74,7 +68,7 @@ public func msp_search_ask(
     _ count_out: UnsafeMutablePointer<Int64>?, _ fidelity_out: UnsafeMutablePointer<Int32>?
 ) -> msp_status {
     boundary {
-        let search = try searchHandle(search)
+        let search: Search = try handle(search, "search")
         let plans = try required(plans_out, "plans_out")
         let count = try required(count_out, "count_out")
         let fidelity = try required(fidelity_out, "fidelity_out")
@@ -96,7 +90,7 @@ public func msp_search_ask(
 @_cdecl("msp_search_tell")
 public func msp_search_tell(_ search: OpaquePointer?, _ fitness: UnsafePointer<Double>?, _ count: Int64) -> msp_status {
     boundary {
-        let search = try searchHandle(search)
+        let search: Search = try handle(search, "search")
         guard count >= 0, count <= Int64(search.maxBatch) else {
             throw MSPError.invalidState("tell got \(count) values; batches hold at most \(search.maxBatch)")
         }
@@ -110,7 +104,7 @@ public func msp_search_best(
     _ search: OpaquePointer?, _ plan_out: UnsafeMutablePointer<Int32>?, _ fitness_out: UnsafeMutablePointer<Double>?
 ) -> msp_status {
     boundary {
-        let search = try searchHandle(search)
+        let search: Search = try handle(search, "search")
         let plan = try required(plan_out, "plan_out")
         let fitness = try required(fitness_out, "fitness_out")
         guard let best = search.best else { throw MSPError.invalidState("no plan has been evaluated yet") }
@@ -132,7 +126,7 @@ public func msp_search_get_progress(
     _ search: OpaquePointer?, _ out: UnsafeMutablePointer<msp_search_progress>?
 ) -> msp_status {
     boundary {
-        let search = try searchHandle(search)
+        let search: Search = try handle(search, "search")
         try required(out, "out").pointee = progress(of: search)
     }
 }
@@ -144,7 +138,7 @@ public func msp_search_run(
     _ user_data: UnsafeMutableRawPointer?
 ) -> msp_status {
     boundary {
-        let search = try searchHandle(search)
+        let search: Search = try handle(search, "search")
         let fitness = try required(fitness, "fitness")
         let layers = search.problem.layerCount
         var plan = [Int32](repeating: 0, count: layers)

@@ -34,6 +34,61 @@ func required<P>(_ pointer: P?, _ name: String) throws -> P {
     return pointer
 }
 
+/// The object behind a handle argument (`msp_problem *`, `msp_search *`, `msp_fisher *`, ...),
+/// borrowed for the call: the caller's handle keeps its reference.
+/// - Parameters:
+///   - pointer: a handle made by `retained(_:)` for an object of type `T`, or NULL.
+///   - name: the argument's name in the message.
+/// - Throws: `MSPError.invalidArgument` "`name` is NULL".
+func handle<T: AnyObject>(_ pointer: OpaquePointer?, _ name: String) throws -> T {
+    Unmanaged<T>.fromOpaque(UnsafeRawPointer(try required(pointer, name))).takeUnretainedValue()
+}
+
+/// A new handle owning one reference to `object`, for a `*_create` function's out-parameter;
+/// `release(_:as:)` gives the reference back.
+func retained<T: AnyObject>(_ object: T) -> OpaquePointer {
+    OpaquePointer(Unmanaged.passRetained(object).toOpaque())
+}
+
+/// Gives back the reference a handle from `retained(_:)` owns (a `*_free` function); NULL is a no-op.
+/// - Parameters:
+///   - pointer: the handle, or NULL.
+///   - type: the type of the object the handle was made for.
+func release<T: AnyObject>(_ pointer: OpaquePointer?, as type: T.Type) {
+    guard let pointer else { return }
+    Unmanaged<T>.fromOpaque(UnsafeRawPointer(pointer)).release()
+}
+
+/// Copies `count` values from a C array.
+/// - Throws: `MSPError.invalidArgument` "`name` is NULL".
+func array<T>(_ pointer: UnsafePointer<T>?, _ count: Int, _ name: String) throws -> [T] {
+    Array(UnsafeBufferPointer(start: try required(pointer, name), count: count))
+}
+
+/// The `num_layers` values of an accumulator's int64 array argument (layer sizes or widths), as
+/// `Int`s; their ranges are the accumulator's to check.
+/// - Throws: `MSPError.invalidArgument` for NULL, `num_layers <= 0`, or an array too large to
+///   address.
+func layerValues(_ pointer: UnsafePointer<Int64>?, _ numLayers: Int64, _ name: String) throws -> [Int] {
+    let pointer = try required(pointer, name)
+    guard numLayers > 0 else { throw MSPError.invalidArgument("num_layers (\(numLayers)) must be > 0") }
+    guard let count = Int(exactly: numLayers),
+        !count.multipliedReportingOverflow(by: MemoryLayout<Int64>.stride).overflow
+    else {
+        throw MSPError.invalidArgument("num_layers (\(numLayers)) is too large")
+    }
+    return UnsafeBufferPointer(start: pointer, count: count).map { Int($0) }
+}
+
+/// Converts a scope argument.
+/// - Throws: `MSPError.invalidArgument` for a value that is not an `MSP_SCOPE_*` constant.
+func topKScope(_ scope: Int32) throws -> TopKScope {
+    guard let value = TopKScope(rawValue: scope) else {
+        throw MSPError.invalidArgument("scope (\(scope)) is not MSP_SCOPE_ROW or MSP_SCOPE_LAYER")
+    }
+    return value
+}
+
 /// Converts a dtype argument.
 /// - Throws: `MSPError.invalidArgument` for a value that is not an `MSP_DTYPE_*` constant.
 func elementType(_ dtype: msp_dtype) throws -> ElementType {

@@ -1,5 +1,7 @@
 // SearchParams: the settings of the evolutionary search.
 
+import CMSPHeader
+
 /// Settings of `Search`; the defaults suit a few hundred fitness evaluations.
 public struct SearchParams: Sendable, Equatable {
     /// Generations after the prior grid (> 0).
@@ -40,14 +42,20 @@ public struct SearchParams: Sendable, Equatable {
             if !ok { throw MSPError.invalidArgument(message()) }
         }
         try check(generations > 0, "generations (\(generations)) must be > 0")
-        try check(offspring > 0 && offspring <= 1 << 20, "offspring (\(offspring)) must be in [1, 2^20]")
-        try check(survivors > 0 && survivors <= 1 << 20, "survivors (\(survivors)) must be in [1, 2^20]")
+        try check(
+            offspring > 0 && offspring <= MSP_MAX_OFFSPRING,
+            "offspring (\(offspring)) must be in [1, \(MSP_MAX_OFFSPRING)]")
+        try check(
+            survivors > 0 && survivors <= MSP_MAX_SURVIVORS,
+            "survivors (\(survivors)) must be in [1, \(MSP_MAX_SURVIVORS)]")
         try check((0...1).contains(mutationRate), "mutation_rate (\(mutationRate)) must be in [0, 1]")
         try check((0...1).contains(crossoverRate), "crossover_rate (\(crossoverRate)) must be in [0, 1]")
         try check(prior.strength.isFinite && prior.strength >= 0, "prior_strength (\(prior.strength)) must be >= 0")
         try check(maxEvaluations >= 0, "max_evaluations (\(maxEvaluations)) must be >= 0")
         try check(patience >= 0, "patience (\(patience)) must be >= 0")
-        try check(fidelityLevels >= 1 && fidelityLevels <= 16, "fidelity_levels (\(fidelityLevels)) must be in [1, 16]")
+        try check(
+            fidelityLevels >= 1 && fidelityLevels <= MSP_MAX_FIDELITY_LEVELS,
+            "fidelity_levels (\(fidelityLevels)) must be in [1, \(MSP_MAX_FIDELITY_LEVELS)]")
         try check(fidelityKeep > 0 && fidelityKeep <= 1, "fidelity_keep (\(fidelityKeep)) must be in (0, 1]")
     }
 }

@@ -18,11 +18,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ._convert import integer
+from . import _arrays
+from ._convert import c_integer
 from ._handle import NativeHandle
 from ._lib import lib
 from .errors import InvalidArgumentError
-from .fisher import _as_vector
 
 __all__ = ["GramAccumulator"]
 
@@ -63,15 +63,12 @@ class GramAccumulator(NativeHandle):
 
         Raises:
             TypeError: a width that is not an integer.
-            msp.InvalidArgumentError: no layers, or a width out of range.
+            msp.InvalidArgumentError: no layers, or a width out of range (a ``ValueError``).
         """
         super().__init__()
         if isinstance(cols_per_layer, (str, bytes)) or not isinstance(cols_per_layer, Iterable):
             raise TypeError(f"cols_per_layer must be an iterable of integers, got {type(cols_per_layer).__name__}")
-        values = [integer(c, f"cols_per_layer[{i}]") for i, c in enumerate(cols_per_layer)]
-        for i, c in enumerate(values):
-            if not -(2**63) <= c < 2**63:
-                raise InvalidArgumentError(f"cols_per_layer[{i}] ({c}) is outside the int64 range")
+        values = [c_integer(c, f"cols_per_layer[{i}]", "int64") for i, c in enumerate(cols_per_layer)]
         array = np.array(values, dtype=np.int64)
         handle = ctypes.c_void_p()
         lib.msp_gram_create(array.ctypes.data, len(values), ctypes.byref(handle))
@@ -94,7 +91,7 @@ class GramAccumulator(NativeHandle):
         return len(self._cols)
 
     def _layer(self, layer: Any) -> int:
-        layer = integer(layer, "layer")
+        layer = c_integer(layer, "layer", "int64")
         if not 0 <= layer < self.num_layers:
             raise InvalidArgumentError(f"layer ({layer}) must be in [0, {self.num_layers})")
         return layer
@@ -106,8 +103,8 @@ class GramAccumulator(NativeHandle):
             layer: index in ``[0, num_layers)``.
             x: numpy array or CPU torch tensor of float32/float16/bfloat16 with shape
                 ``[..., cols]`` (``cols`` = the layer's width; the leading dimensions are the
-                tokens), all finite. Read only; a non-contiguous input is copied first. An empty
-                input adds nothing.
+                tokens), all finite. Read only; a non-contiguous input is copied first (see
+                ``msp._arrays``). An empty input adds nothing.
 
         Raises:
             TypeError, ValueError: unsupported object, dtype, device, or a last dimension that is
@@ -123,7 +120,7 @@ class GramAccumulator(NativeHandle):
         shape = tuple(getattr(x, "shape", ()))
         if not shape or shape[-1] != cols:
             raise ValueError(f"x must have shape [..., {cols}] (layer {layer}'s width), got {shape}")
-        vector = _as_vector(x, "x")
+        vector = _arrays.as_vector(x, "x")
         if vector.count == 0:
             return
         lib.msp_gram_add(handle, layer, vector.ptr, vector.dtype, vector.count // cols, cols)

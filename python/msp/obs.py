@@ -21,13 +21,12 @@ import ctypes
 import threading
 from typing import Any
 
-from . import _buffers
-from ._convert import integer, real
+import numpy as np
+
+from . import _arrays
+from ._convert import c_integer, real
 from ._handle import NativeHandle
 from ._lib import lib
-from .costs import _float32_matrix
-from .errors import InvalidArgumentError
-from .levels import Level, level_array
 
 __all__ = ["OBS"]
 
@@ -75,7 +74,7 @@ class OBS(NativeHandle):
         if len(shape) != 2 or shape[0] != shape[1] or shape[0] == 0:
             raise ValueError(f"gram must be a non-empty square matrix [cols, cols], got shape {shape}")
         cols = int(shape[0])
-        matrix = _float32_matrix(gram, (cols, cols), "gram")
+        matrix = _arrays.float_array(gram, (cols, cols), "gram", np.float32)
         handle = ctypes.c_void_p()
         lib.msp_obs_create(matrix.ctypes.data, cols, damp, ctypes.byref(handle))
         self._handle = handle.value
@@ -114,17 +113,15 @@ class OBS(NativeHandle):
             The bool keep mask (numpy for numpy input, torch for torch input), or None.
 
         Raises:
-            TypeError, ValueError: see ``msp._buffers``; ``msp.InvalidArgumentError`` for a bad
+            TypeError, ValueError: see ``msp._arrays``; ``msp.InvalidArgumentError`` for a bad
                 level or block, a shape that does not fit, a non-finite weight, or pruned weights
                 that overflow the dtype. On any error ``weight`` is unchanged.
             msp.InvalidStateError: the solver is closed.
         """
-        level = level_array([Level.parse(level)])
-        block = integer(block, "block")
-        if not -(2**63) <= block < 2**63:
-            raise InvalidArgumentError(f"block ({block}) is outside the int64 range")
-        matrix = _buffers.as_matrix(weight, "weight", inplace=True)
-        mask, mask_ptr = _buffers.new_keep_mask(matrix) if return_mask else (None, None)
+        level = _arrays.level_array([level])
+        block = c_integer(block, "block", "int64")
+        matrix = _arrays.as_matrix(weight, "weight", inplace=True)
+        mask, mask_ptr = _arrays.new_keep_mask(matrix) if return_mask else (None, None)
         with self._lock:
             handle = self._ptr()
             self._active += 1
@@ -134,7 +131,7 @@ class OBS(NativeHandle):
             with self._lock:
                 self._active -= 1
                 self._idle.notify_all()
-        _buffers.written(matrix)
+        _arrays.written(matrix)
         return mask
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._torch_util import call_model, eval_mode, logits_of
+from .forward import call_model, eval_mode, logits_of
 
 __all__ = ["perplexity", "kl_to_dense", "reference_logits", "TopK"]
 

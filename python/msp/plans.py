@@ -112,55 +112,37 @@ class Plan:
         for i, s in enumerate(sizes):
             if s <= 0:
                 raise ValueError(f"sizes[{i}] ({s}) must be > 0")
-        self._fill(
-            levels, _LevelTable(level_set, sizes), optional_real(fitness, "fitness"), history,
-            integer(evaluations, "evaluations"), optional_real(target, "target"), method, params,
-            None if seed is None else integer(seed, "seed"))
+        self._fill(levels, LevelTable(level_set, sizes), fitness=fitness, history=history, evaluations=evaluations,
+                   target=target, method=method, params=params, seed=seed)
 
     @classmethod
-    def _of_checked(
-        cls,
-        levels: list[int],
-        table: "_LevelTable",
-        *,
-        fitness: float | None = None,
-        history: Iterable[float] = (),
-        evaluations: int = 0,
-        target: float | None = None,
-        method: str | None = None,
-        params: dict | None = None,
-        seed: int | None = None,
-    ) -> "Plan":
+    def of_checked(cls, levels: list[int], table: "LevelTable", **fields: Any) -> "Plan":
         """A plan whose indices the library has already checked (the planner's hot path).
 
-        Equal to ``Plan(levels, table.level_set, table.sizes, ...)`` field for field, without
+        Equal to ``Plan(levels, table.level_set, table.sizes, **fields)`` field for field, without
         re-validating every index and size: ``levels`` must be a list of Python ints within the
-        level set, and the other fields must already be of the right types.
+        level set.
         """
         plan = cls.__new__(cls)
-        plan._fill(
-            levels, table, None if fitness is None else float(fitness), history, int(evaluations),
-            None if target is None else float(target), method, params, None if seed is None else int(seed))
+        plan._fill(levels, table, **fields)
         return plan
 
-    def _fill(
-        self, levels: list[int], table: "_LevelTable", fitness: float | None, history: Iterable[float],
-        evaluations: int, target: float | None, method: str | None, params: dict | None, seed: int | None,
-    ) -> None:
-        """Sets every field from checked indices and normalised metadata."""
+    def _fill(self, levels: list[int], table: "LevelTable", *, fitness: Any = None, history: Iterable[float] = (),
+              evaluations: Any = 0, target: Any = None, method: Any = None, params: Any = None, seed: Any = None) -> None:
+        """Set every field from checked indices; the metadata is checked and normalised here."""
         self.levels = levels
         self.level_set = list(table.level_set)
         self.sizes = list(table.sizes)
         self.sparsity = [table.sparsity[k] for k in levels]
         self.nm = [table.nm[k] for k in levels]
         self.average_sparsity = math.fsum(map(operator.mul, table.sizes, self.sparsity)) / table.total
-        self.fitness = fitness
+        self.fitness = optional_real(fitness, "fitness")
         self.history = [float(h) for h in history]
-        self.evaluations = evaluations
-        self.target = target
+        self.evaluations = integer(evaluations, "evaluations")
+        self.target = optional_real(target, "target")
         self.method = None if method is None else str(method)
         self.params = dict(params) if params else {}
-        self.seed = seed
+        self.seed = None if seed is None else integer(seed, "seed")
 
     # --- views ------------------------------------------------------------------------------------
 
@@ -337,10 +319,10 @@ class Plan:
     __hash__ = None  # type: ignore[assignment]  # mutable fields
 
 
-class _LevelTable:
+class LevelTable:
     """What every plan over one level set and one list of sizes shares, computed once: the
     validated levels, sizes, each level's sparsity and N:M pattern, and the total size. The
-    planner builds one per search and makes its candidate plans with ``Plan._of_checked``."""
+    search builds one and makes its candidate plans with ``Plan.of_checked``."""
 
     __slots__ = ("level_set", "sizes", "sparsity", "nm", "total")
 

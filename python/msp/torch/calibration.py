@@ -1,19 +1,14 @@
-"""PyTorch helpers: find a model's linear layers and collect their Fisher-trace sensitivities.
-
-This is the only module of the package that imports torch. msp itself never needs to know what a
-transformer is: these helpers map module names to layer indices of the native library.
+"""Calibration statistics of a PyTorch model: the losses, Fisher traces and Wanda's activation norms.
 
 ::
 
-    from msp.torch import linear_layers, fisher_traces
-    layers = linear_layers(model)                       # {name: nn.Linear}, lm_head ignored
-    traces = fisher_traces(model, layers, batches)      # {name: Tr(F_l)}
+    traces = fisher_traces(model, layers, batches)       # {name: Tr(F_l)}, the planner's sensitivity
+    norms = activation_norms(model, layers, batches)     # {name: ||x_j||}, Wanda's column scales
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable
@@ -22,78 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._torch_util import device_of, logits_of, to_device
-from .fisher import FisherAccumulator
+from .._progress import Progress
+from ..fisher import FisherAccumulator
+from .forward import call_model, device_of, eval_mode, logits_of, to_device
+from .layers import layer_items, layer_weights
 
-__all__ = ["linear_layers", "fisher_traces", "causal_lm_loss"]
-
-
-# --- layers ----------------------------------------------------------------------------------------
-
-
-def _is_hf_conv1d(module: nn.Module) -> bool:
-    """True for Hugging Face ``transformers.pytorch_utils.Conv1D`` (GPT-2 style), without importing
-    transformers."""
-    cls = type(module)
-    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
-
-
-def _ignored(name: str, ignore: tuple[str, ...]) -> bool:
-    """True when ``name`` or one of its ancestors equals an ignore entry or ends with ``.entry``."""
-    parts = name.split(".")
-    for k in range(1, len(parts) + 1):
-        prefix = ".".join(parts[:k])
-        for entry in ignore:
-            if prefix == entry or prefix.endswith("." + entry):
-                return True
-    return False
-
-
-def linear_layers(model: nn.Module, ignore: Iterable[str] | str = ("lm_head",)) -> "OrderedDict[str, nn.Linear]":
-    """Return the model's ``nn.Linear`` modules (subclasses included) by name, in module order.
-
-    A layer's weight is ``[out_features, in_features]`` (rows = out, cols = in), the layout every
-    msp function expects.
-
-    Args:
-        model: any ``nn.Module``.
-        ignore: module names to skip. An entry matches a module whose dotted name equals it or ends
-            with ``"." + entry``, and every module inside such a module: the default ``("lm_head",)``
-            skips the output head; ``"layers.0"`` would skip every linear of block 0.
-
-    Returns:
-        An ordered dict ``{name: module}`` as ``model.named_modules()`` lists them.
-
-    Raises:
-        TypeError: the model contains Hugging Face ``Conv1D`` modules (GPT-2 style) that are not
-            ignored. Their weight is stored ``[in_features, out_features]``, the transpose of
-            ``nn.Linear``'s, so N:M groups and Wanda's per-input scales would run along the wrong
-            axis; msp rejects them rather than guess. Convert them to ``nn.Linear`` (weight =
-            ``conv.weight.T``) or list them in ``ignore``.
-    """
-    if isinstance(ignore, str):
-        ignore = (ignore,)
-    ignore = tuple(ignore)
-    for entry in ignore:
-        if not isinstance(entry, str):
-            raise TypeError(f"ignore entries must be module names (str), got {type(entry).__name__}")
-    layers: OrderedDict[str, nn.Linear] = OrderedDict()
-    conv1d = []
-    for name, module in model.named_modules():
-        if not name or _ignored(name, ignore):
-            continue
-        if _is_hf_conv1d(module):
-            conv1d.append(name)
-        elif isinstance(module, nn.Linear):
-            layers[name] = module
-    if conv1d:
-        shown = ", ".join(conv1d[:4]) + (f", ... ({len(conv1d)} in all)" if len(conv1d) > 4 else "")
-        raise TypeError(
-            f"linear_layers: the model has Hugging Face Conv1D modules ({shown}) whose weight is "
-            f"[in_features, out_features], the transpose of nn.Linear's; msp does not guess the layout. "
-            f"Replace them with nn.Linear (weight = conv.weight.T) or pass their names in `ignore`."
-        )
-    return layers
+__all__ = ["causal_lm_loss", "fisher_traces", "activation_norms"]
 
 
 # --- loss ------------------------------------------------------------------------------------------
@@ -173,39 +102,6 @@ def _split(batch: Any) -> list[Any]:
     return [batch]
 
 
-class _Progress:
-    """tqdm when installed, else one updating stderr line; silent when disabled."""
-
-    def __init__(self, total: int | None, enabled: bool, desc: str) -> None:
-        self._bar = None
-        self._line = False
-        self._count = 0
-        self._total = total
-        self._desc = desc
-        if not enabled:
-            return
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            self._line = True
-        else:
-            self._bar = tqdm(total=total, desc=desc, unit="batch")
-
-    def update(self, batches: int) -> None:
-        self._count += batches
-        if self._bar is not None:
-            self._bar.update(batches)
-        elif self._line:
-            of = f"/{self._total}" if self._total is not None else ""
-            print(f"\r{self._desc}: {self._count}{of} batches", end="", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        elif self._line:
-            print(file=sys.stderr, flush=True)
-
-
 @contextlib.contextmanager
 def _tracking(model: nn.Module, params: list[nn.Parameter]):
     """Enable gradients on ``params`` only, clear their ``.grad``, switch every module to eval mode;
@@ -217,22 +113,18 @@ def _tracking(model: nn.Module, params: list[nn.Parameter]):
     everything += [p for p in params if id(p) not in seen]
     saved_flags = [(p, p.requires_grad) for p in everything]
     saved_grads = [(p, p.grad) for p in params]
-    saved_modes = [(m, m.training) for m in model.modules()]
     try:
         for p in everything:
             p.requires_grad_(id(p) in tracked)
         for p in params:
             p.grad = None
-        model.eval()
-        with torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             yield
     finally:
         for p, flag in saved_flags:
             p.requires_grad_(flag)
         for p, grad in saved_grads:
             p.grad = grad
-        for m, mode in saved_modes:
-            m.training = mode
 
 
 def fisher_traces(
@@ -285,20 +177,14 @@ def fisher_traces(
     """
     if not hasattr(torch.Tensor, "register_post_accumulate_grad_hook"):
         raise RuntimeError(f"fisher_traces needs torch >= 2.1 (post-accumulate-grad hooks), got {torch.__version__}")
-    names = list(layers)
-    if not names:
-        raise ValueError("layers is empty")
+    names: list[str] = []
     params: list[nn.Parameter] = []
-    owner: dict[int, str] = {}
-    for name in names:
-        weight = getattr(layers[name], "weight", None)
+    for name, _, weight in layer_weights(layers):
         if not isinstance(weight, nn.Parameter):
-            raise ValueError(f"layer {name!r} has no .weight parameter")
-        if id(weight) in owner:
-            raise ValueError(f"layers {owner[id(weight)]!r} and {name!r} share one weight; list it once")
+            raise ValueError(f"layer {name!r} has no .weight parameter (a plain tensor gets no gradient)")
         if weight.is_sparse or not weight.dtype.is_floating_point:
             raise ValueError(f"layer {name!r} has a {weight.dtype} {weight.layout} weight; need a dense float weight")
-        owner[id(weight)] = name
+        names.append(name)
         params.append(weight)
     loss_fn = causal_lm_loss if loss_fn is None else loss_fn
     device = device_of(model)
@@ -322,7 +208,7 @@ def fisher_traces(
             return hook
 
         handles = []
-        bar = _Progress(total, progress, "fisher")
+        bar = Progress("msp fisher", total, "batches", progress)
         try:
             with _tracking(model, params):
                 for i, p in enumerate(params):
@@ -338,7 +224,7 @@ def fisher_traces(
                         if loss.requires_grad:
                             loss.reshape(()).backward()
                         accumulator.end_sample()
-                    bar.update(1)
+                    bar.advance()
         finally:
             for handle in handles:
                 handle.remove()
@@ -349,10 +235,78 @@ def fisher_traces(
     return OrderedDict((name, float(t)) for name, t in zip(names, traces))
 
 
-# --- pruning and fitness helpers (defined in ._torch_prune and ._torch_eval) -----------------------
+def activation_norms(
+    model: nn.Module, layers: Mapping[str, nn.Module], batches: Iterable[Any], *, progress: bool = False
+) -> "OrderedDict[str, torch.Tensor]":
+    """Return Wanda's statistic: the L2 norm of every input column of every layer over all tokens.
 
-from ._torch_eval import TopK, kl_to_dense, perplexity, reference_logits  # noqa: E402
-from ._torch_prune import Pruner, activation_norms, apply_plan, block_groups, prune  # noqa: E402
+    For layer l with inputs ``X`` (all calibration tokens stacked, ``[tokens, in_features]``), the
+    result is ``sqrt(sum_t X[t, c]**2)`` for every column c. Forward pre-hooks see each layer's
+    input; the squares are summed in float64 on the input's device and the square root is taken at
+    the end. The model runs in eval mode under ``torch.no_grad()``; modes and hooks are restored
+    and removed afterwards, also on an exception.
 
-__all__ += ["Pruner", "activation_norms", "apply_plan", "block_groups", "prune", "perplexity", "kl_to_dense",
-            "reference_logits", "TopK"]
+    Args:
+        model: the model; runs on its own device.
+        layers: ``{name: module}``, e.g. ``linear_layers(model)``; each module's first positional
+            input is taken as its input, with ``in_features`` (or the weight's column count) as
+            its last dimension.
+        batches: calibration batches: LongTensors ``[B, T]``, dicts of model inputs, or tuples of
+            positional inputs.
+        progress: show a progress bar over the batches (tqdm when installed, else a line on stderr).
+
+    Returns:
+        ``{name: float32 CPU tensor [in_features]}`` in the order of ``layers``.
+
+    Raises:
+        ValueError: no batches, or a layer that never ran (it would get an all-zero norm, which
+            would prune it at random).
+        Whatever the model raises propagates unchanged.
+    """
+    items = layer_items(layers)
+    sums: dict[str, torch.Tensor | None] = {name: None for name, _ in items}
+    widths: dict[str, int] = {}
+    for name, module in items:
+        width = getattr(module, "in_features", None)
+        if width is None:
+            weight = getattr(module, "weight", None)
+            width = weight.shape[-1] if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
+        widths[name] = width
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if not args or not isinstance(args[0], torch.Tensor):
+                raise TypeError(f"layer {name!r} was called without a tensor as its first input")
+            x = args[0].detach()
+            width = widths[name] or x.shape[-1]
+            if x.shape[-1] != width:
+                raise ValueError(f"layer {name!r} got an input of shape {tuple(x.shape)}; expected last dim {width}")
+            squares = x.reshape(-1, width).double().square().sum(dim=0)
+            total = sums[name]
+            sums[name] = squares if total is None else total.add_(squares)
+
+        return hook
+
+    total = len(batches) if hasattr(batches, "__len__") else None
+    bar = Progress("msp activation norms", total, "batches", progress)
+    handles = []
+    count = 0
+    try:
+        for name, module in items:
+            handles.append(module.register_forward_pre_hook(hook_for(name)))
+        with eval_mode(model), torch.no_grad():
+            for batch in batches:
+                call_model(model, batch)
+                count += 1
+                bar.advance()
+    finally:
+        for handle in handles:
+            handle.remove()
+        bar.close()
+    if count == 0:
+        raise ValueError("batches is empty: no calibration data")
+    never = [name for name, s in sums.items() if s is None]
+    if never:
+        shown = ", ".join(never[:4]) + (f", ... ({len(never)} in all)" if len(never) > 4 else "")
+        raise ValueError(f"activation_norms: these layers never ran on the calibration batches: {shown}")
+    return OrderedDict((name, s.sqrt().float().cpu()) for name, s in sums.items())
