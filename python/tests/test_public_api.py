@@ -85,6 +85,17 @@ def _error_names():
         msp.plan([1, 1], 0.9, ratio_levels([0.0, 0.5]), method="uniform")
 
 
+def _sparsegpt_names():
+    acc = msp.GramAccumulator([2])
+    acc.add(0, np.array([[1, 2], [3, -1]], np.float32))
+    assert acc.gram(0).tolist() == [[10, -1], [-1, 5]] and acc.tokens(0) == 2
+    # H = [[2, 1], [1, 2]]: pruning w0 = 1 moves w1 by -w0 * H_10 / H_11 = -0.5 (the OBS update).
+    with msp.OBS(np.array([[2, 1], [1, 2]], np.float32), damp=0) as obs:
+        w = np.array([[1, 3]], np.float32)
+        assert obs.prune_(w, "1:2").tolist() == [[False, True]]
+        assert w[0, 0] == 0 and abs(w[0, 1] - 3.5) < 1e-6
+
+
 def _version_names():
     assert msp.ABI_VERSION == msp._lib.lib.msp_abi_version()
     assert re.fullmatch(r"\d+\.\d+\.\d+", msp.version()) and msp.__version__ == msp.version()
@@ -101,6 +112,7 @@ MSP_NAMES = {
     "Level": _planning_names, "nm_levels": _planning_names, "ratio_levels": _planning_names,
     "Plan": _planning_names, "Problem": _planning_names, "Search": _planning_names,
     "SearchSettings": _planning_names, "plan": _planning_names, "cost_table": _planning_names,
+    "GramAccumulator": _sparsegpt_names, "OBS": _sparsegpt_names,
 }
 
 
