@@ -803,7 +803,11 @@ void msp_obs_free(msp_obs *obs);
  *   keep_out   NULL, or rows x cols bytes written with 1 = keep, 0 = pruned; must not overlap
  *              `weights`.
  *
- * Uses scratch memory of 5 * rows * cols bytes plus 8 * rows * min(block, cols) bytes.
+ * Threads: with a single-threaded OpenBLAS (OPENBLAS_NUM_THREADS=1, the faster setting), panels of
+ * 256 rows are split across msp's threads (msp_set_num_threads); next to a multithreaded OpenBLAS
+ * (its default) the sweep stays on the calling thread and OpenBLAS parallelises the products, since
+ * its idle threads spin and would take the cores from msp's. The result is the same either way.
+ * Uses scratch memory of 4 * rows * cols bytes plus 8 * rows * min(block, cols) bytes.
  * Thread safety: the solver is immutable; calls on one solver may run concurrently (on distinct
  * buffers). Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL, bad size, dtype, level or block, cols
  * differing from the solver's, an N:M level whose m does not divide cols, a non-finite weight: the

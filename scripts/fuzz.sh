@@ -60,6 +60,9 @@ for t in "${targets[@]}"; do
 done
 [ $build_only -eq 0 ] || exit 0
 
+# A single-threaded OpenBLAS, so that msp_obs_prune splits its rows across msp's threads (it keeps
+# them on the calling thread next to a multithreaded OpenBLAS) and fuzz_obs compares 1 and 2 threads.
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 # Swift's crash handler would race ASan's report: let libFuzzer and ASan report traps.
 export SWIFT_BACKTRACE=enable=no
 export ASAN_OPTIONS=${ASAN_OPTIONS:-quarantine_size_mb=64:detect_leaks=1}

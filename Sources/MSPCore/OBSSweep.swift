@@ -12,8 +12,9 @@ import CMSPBLAS
 /// `e = w / U_cc` and become 0, and the later columns of the block are updated at once,
 /// `w_j -= e · U_cj` for all 16 rows (kept lanes carry e = 0; one fused multiply-add, rounded once). After a block, the columns after it
 /// get its errors lazily, `W[:, i2:] -= E · U[i1:i2, i2:]`, by `cblas_sgemm` on fixed panels of
-/// `panelRows` rows. Rows are independent within a block: panels are split across threads, and
-/// every panel's work is the same whatever the thread count, so results do not depend on it.
+/// `panelRows` rows. Rows are independent within a block: panels are split across threads (when
+/// OpenBLAS is single-threaded, see `threaded`), and every panel's work is the same whatever the
+/// thread count, so results do not depend on it.
 ///
 /// Which weights a level prunes:
 ///
@@ -45,10 +46,19 @@ struct OBSSweep {
     /// U_cc² in float32.
     let squares: UnsafePointer<Float>
 
-    /// The thread chunks of panels.
-    private var panels: [Range<Int>] {
-        Threads.chunks((rows + Self.panelRows - 1) / Self.panelRows)
+    /// Whether the sweep splits its work across msp's threads. Only when OpenBLAS runs single-
+    /// threaded: a multithreaded OpenBLAS parallelises each product itself, and its threads spin
+    /// for a while after every call, taking the cores from msp's threads (measured: a third more
+    /// CPU time for the same work); the work then stays on the calling thread.
+    static var threaded: Bool { openblas_get_num_threads() == 1 }
+
+    /// Splits `count` items into thread chunks, or one chunk (the calling thread) when not `threaded`.
+    private static func chunks(_ count: Int) -> [Range<Int>] {
+        threaded ? Threads.chunks(count) : [0..<count]
     }
+
+    /// The thread chunks of panels.
+    private var panels: [Range<Int>] { Self.chunks((rows + Self.panelRows - 1) / Self.panelRows) }
 
     /// Sweeps an N:M level; `block` is a multiple of `pattern.m`, as `cols` is.
     func run(pattern: NMPattern, block: Int) throws {
@@ -178,7 +188,7 @@ struct OBSSweep {
     private func select(
         _ keys: UnsafeMutablePointer<UInt32>, i1: Int, width: Int, keep: Int, lastTie: UnsafeMutablePointer<Int32>
     ) throws -> UInt32 {
-        let columns = Threads.chunks(width)
+        let columns = Self.chunks(width)
         _ = try Threads.map(columns) { _, range in
             for k in range {
                 let column = UnsafeRawPointer(w + (i1 &+ k) &* stride), key = UnsafeMutableRawPointer(keys + k &* stride)
