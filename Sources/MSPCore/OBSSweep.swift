@@ -64,7 +64,7 @@ struct OBSSweep {
     func run(pattern: NMPattern, block: Int) throws {
         let n = SIMD16<Int32>(repeating: Int32(pattern.n))
         try blocks(block) { i1, i2, err in
-            try sweepPanels(i1, i2, err) { tile, _, k, ranks in
+            try sweepPanels(i1, i2, err, group: pattern.m) { tile, _, k, ranks in
                 let g = k - k % pattern.m
                 if g == k { groupRanks(tile + k, squares + (i1 &+ k), m: pattern.m, into: ranks) }
                 return ranks[k &- g] .>= n
@@ -105,10 +105,10 @@ struct OBSSweep {
     /// lazy update to the columns after the block. `pruned(tile, t, k, ranks)` gives the pruned
     /// lanes of block column k of the tile whose first row is t, `tile` holding the tile's block
     /// columns as swept so far; `ranks` is scratch for m vectors that the N:M rule fills at a
-    /// group's first column.
+    /// group's first column (`group` = m: see `sweepTile`).
     @inline(__always)
     private func sweepPanels(
-        _ i1: Int, _ i2: Int, _ err: UnsafeMutablePointer<Float>,
+        _ i1: Int, _ i2: Int, _ err: UnsafeMutablePointer<Float>, group: Int = 0,
         _ pruned: (UnsafeMutablePointer<Lanes>, Int, Int, UnsafeMutablePointer<SIMD16<Int32>>) -> Mask
     ) throws {
         let width = i2 &- i1, panelRows = Self.panelRows
@@ -118,7 +118,7 @@ struct OBSSweep {
                     for p in panels {
                         let first = p &* panelRows, last = min(stride, first &+ panelRows)
                         for t in Swift.stride(from: first, to: last, by: Self.lanes) {
-                            sweepTile(t, i1, width, err, tile) { k in pruned(tile, t, k, ranks) }
+                            sweepTile(t, i1, width, err, tile, group: group) { k in pruned(tile, t, k, ranks) }
                         }
                         let panel = min(rows, last) &- first
                         if i2 < cols && panel > 0 {
@@ -137,26 +137,54 @@ struct OBSSweep {
     /// (width vectors, contiguous): for each column, `pruned(k)` gives its pruned lanes, which get
     /// their errors, become -0 (the mark of a pruned weight: no kept weight is ever -0, see
     /// `OBSSolver.load`) and update the block's later columns.
+    ///
+    /// Columns go in pairs where the second's `pruned` reads no column after it (every column
+    /// unless `group` > 0 and it starts a group): the second column gets the first's update, then
+    /// both update the later columns in one pass (half the loads and stores), each element
+    /// receiving the same two fused multiply-adds in the same order as one column at a time.
     @inline(__always)
     private func sweepTile(
         _ t: Int, _ i1: Int, _ width: Int, _ err: UnsafeMutablePointer<Float>, _ tile: UnsafeMutablePointer<Lanes>,
-        _ pruned: (Int) -> Mask
+        group: Int, _ pruned: (Int) -> Mask
     ) {
         let source = UnsafeMutableRawPointer(w + (i1 &* stride &+ t)), rowBytes = stride &* 4
         let errors = UnsafeMutableRawPointer(err + t)
         for k in 0..<width { tile[k] = source.loadUnaligned(fromByteOffset: k &* rowBytes, as: Lanes.self) }
         let zero = Lanes(repeating: 0), negativeZero = Lanes(repeating: -0.0)
-        for k in 0..<width {
-            let c = i1 &+ k
-            let mask = pruned(k)
+        /// Prunes column k's `mask` lanes: its errors are stored and returned negated (0 where kept).
+        @inline(__always) func prune(_ k: Int, _ mask: Mask) -> Lanes {
             let x = tile[k]
-            let e = (x / Lanes(repeating: diagonal[c])).replacing(with: zero, where: .!mask)
+            let e = (x / Lanes(repeating: diagonal[i1 &+ k])).replacing(with: zero, where: .!mask)
             tile[k] = x.replacing(with: negativeZero, where: mask)
             errors.storeBytes(of: e, toByteOffset: k &* rowBytes, as: Lanes.self)
-            guard any(mask) else { continue }
-            let factorRow = u + (c &* cols &+ i1)
-            let minusE = -e
-            for j in (k &+ 1)..<width { tile[j] = tile[j].addingProduct(minusE, Lanes(repeating: factorRow[j])) }
+            return -e
+        }
+        var k = 0
+        while k < width {
+            let mask = pruned(k)
+            let e = prune(k, mask), first = u + ((i1 &+ k) &* cols &+ i1)
+            let k1 = k &+ 1
+            guard k1 < width, group == 0 || k1 % group != 0 else {
+                if any(mask) { for j in k1..<width { tile[j] = tile[j].addingProduct(e, Lanes(repeating: first[j])) } }
+                k = k1
+                continue
+            }
+            if any(mask) { tile[k1] = tile[k1].addingProduct(e, Lanes(repeating: first[k1])) }
+            let mask1 = pruned(k1)
+            let e1 = prune(k1, mask1), second = u + ((i1 &+ k1) &* cols &+ i1)
+            switch (any(mask), any(mask1)) {
+            case (true, true):
+                for j in (k1 &+ 1)..<width {
+                    tile[j] = tile[j].addingProduct(e, Lanes(repeating: first[j])).addingProduct(e1, Lanes(repeating: second[j]))
+                }
+            case (true, false):
+                for j in (k1 &+ 1)..<width { tile[j] = tile[j].addingProduct(e, Lanes(repeating: first[j])) }
+            case (false, true):
+                for j in (k1 &+ 1)..<width { tile[j] = tile[j].addingProduct(e1, Lanes(repeating: second[j])) }
+            case (false, false):
+                break
+            }
+            k = k1 &+ 1
         }
         for k in 0..<width { source.storeBytes(of: tile[k], toByteOffset: k &* rowBytes, as: Lanes.self) }
     }
