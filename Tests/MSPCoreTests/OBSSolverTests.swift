@@ -33,7 +33,7 @@ struct OBSSolverTests {
         (37, 96, try! Level(sparsity: 0.3), 32), (21, 40, try! Level(sparsity: 0.9), 7),
         (16, 48, try! Level(n: 2, m: 4), 128), (37, 96, try! Level(n: 2, m: 8), 32),
         (9, 96, try! Level(n: 3, m: 8), 20), (18, 64, try! Level(n: 1, m: 2), 5),
-        (7, 96, try! Level(n: 5, m: 16), 40), (11, 36, try! Level(n: 2, m: 6), 128),
+        (7, 96, try! Level(n: 5, m: 16), 40), (20, 36, try! Level(n: 2, m: 6), 128), (17, 27, try! Level(sparsity: 0.45), 9),
     ]
 
     @Test(arguments: cases.indices)
