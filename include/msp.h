@@ -777,9 +777,9 @@ void msp_obs_free(msp_obs *obs);
  *
  * The sweep runs on a float32 copy of the weights (dead inputs zeroed) over blocks of `block`
  * columns. When it reaches a pruned weight w in row r and column c, it sets w to 0 and updates the
- * row's later columns j of the block by w_rj -= (w / U_cc) * U_cj; after each block, the columns
- * after it get the block's errors at once (one sgemm). Which weights are pruned, by the score
- * w^2 / U_cc^2 (float32) on the weights as updated so far:
+ * row's later columns j of the block by w_rj -= (w / U_cc) * U_cj (one fused multiply-add); after
+ * each block, the columns after it get the block's errors at once (sgemm on panels of 256 rows).
+ * Which weights are pruned, by the score w^2 / U_cc^2 (float32) on the weights as updated so far:
  *   - unstructured (level->n = level->m = 0): when the sweep reaches a block of `width` columns,
  *     exactly floor(sparsity * rows * width + 0.5) weights of the whole block (all rows) are pruned:
  *     those with the lowest score, ties pruning the higher row-major index within the block first;
@@ -797,8 +797,9 @@ void msp_obs_free(msp_obs *obs);
  *   dtype      MSP_DTYPE_F32, MSP_DTYPE_F16 or MSP_DTYPE_BF16.
  *   rows       in [1, INT32_MAX]; rows * cols must fit in int64_t.
  *   cols       the solver's cols; for an N:M level a multiple of m.
- *   level      one level, as in a level set: unstructured with sparsity in [0, 1), or N:M with
- *              0 < n <= m <= 32 and sparsity = 1 - n/m.
+ *   level      one level, as in a level set: unstructured (n = m = 0) with sparsity in [0, 1), or
+ *              N:M with 0 < n <= m <= MSP_MAX_M and sparsity = 1 - n/m within
+ *              MSP_LEVEL_SPARSITY_TOLERANCE.
  *   block      > 0; SparseGPT's default is 128 (the unstructured choice is made per block).
  *   keep_out   NULL, or rows x cols bytes written with 1 = keep, 0 = pruned; must not overlap
  *              `weights`.
