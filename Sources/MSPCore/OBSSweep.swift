@@ -8,10 +8,11 @@ import CMSPBLAS
 /// Layout: the weights live transposed in scratch, column c of the layer being row c of `w`
 /// (`stride` floats: the rows rounded up to whole tiles of 16, the padding zero), so that one
 /// column of a tile of 16 rows is one vector. The columns are swept in blocks of `block` columns.
-/// Within a block every tile goes column by column: the column's pruned lanes (rows) get the error
-/// `e = w / U_cc` and become 0, and the later columns of the block are updated at once,
-/// `w_j -= e · U_cj` for all 16 rows (kept lanes carry e = 0; one fused multiply-add, rounded once). After a block, the columns after it
-/// get its errors lazily, `W[:, i2:] -= E · U[i1:i2, i2:]`, by `cblas_sgemm` on fixed panels of
+/// Within a block every tile goes column by column, in a contiguous copy of its block columns:
+/// the column's pruned lanes (rows) get the error `e = w / U_cc` and become -0, and the later
+/// columns of the block are updated at once, `w_j -= e · U_cj` for all 16 rows (kept lanes carry
+/// e = 0; one fused multiply-add, rounded once). After a block, the columns after it get its
+/// errors lazily, `W[:, i2:] -= E · U[i1:i2, i2:]`, by `cblas_sgemm` on fixed panels of
 /// `panelRows` rows. Rows are independent within a block: panels are split across threads (when
 /// OpenBLAS is single-threaded, see `threaded`), and every panel's work is the same whatever the
 /// thread count, so results do not depend on it.
@@ -36,8 +37,9 @@ struct OBSSweep {
     let w: UnsafeMutablePointer<Float>
     /// Real rows of the layer.
     let rows: Int
-    /// Floats per column of `w`: `rows` rounded up to a multiple of `lanes`.
+    /// Floats per column of `w`: `rows` rounded up to a multiple of `lanes` (see `OBSSolver.prune`).
     let stride: Int
+    /// Columns of the layer.
     let cols: Int
     /// U, the upper Cholesky factor of H⁻¹, cols x cols row-major.
     let u: UnsafePointer<Float>
