@@ -100,7 +100,10 @@ struct CAPIOBSTests {
         // Twelve prunes on one handle from four threads at once equal the serial ones.
         let results = UnsafeMutableBufferPointer<[Float]>.allocate(capacity: 12)
         results.initialize(repeating: [])
-        defer { results.deallocate() }
+        defer {
+            _ = results.deinitialize()
+            results.deallocate()
+        }
         let shared = Shared(value: (obs, levels, results))
         DispatchQueue.concurrentPerform(iterations: 12) { i in
             var w = weights(rows * cols, seed: UInt64(i % 3)), level = shared.value.1[i % 3]
