@@ -8,7 +8,9 @@ Search order (the first that exists is loaded):
 3. ``.build/release/libmsp.so`` of the source checkout this file lives in (``make lib``);
 4. ``ctypes.util.find_library("msp")``.
 
-If none loads, ``OSError`` lists every path tried and why it failed. The library's
+If none loads, ``OSError`` lists every path tried and why it failed; when a libmsp.so was found
+but a library it needs was not (libopenblas.so.0 on a machine without OpenBLAS), the message
+names that library first and says how to get it. The library's
 ``msp_abi_version()`` must equal ``ABI_VERSION``, and it must export every function of the table
 below; otherwise the import fails with ``ImportError`` giving the versions or the missing names.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 from collections import namedtuple
 from ctypes import CFUNCTYPE, POINTER, Structure, c_char_p, c_double, c_int32, c_int64, c_uint32, c_uint64, c_void_p
 from pathlib import Path
@@ -243,9 +246,37 @@ def _candidates() -> list[str]:
     return paths
 
 
+# The dynamic loader's errors name the file they are about first: "<file>: cannot open shared
+# object file: ...", "<file>: file too short", "<file>: version `...' not found (required by ...)".
+_LOADER_ERROR = re.compile(r"^(?P<name>[^:]+): ")
+
+
+def missing_dependency(path: str, error: OSError) -> str | None:
+    """The library that ``path`` needs and the dynamic loader could not load, read from the loader's
+    error when loading ``path`` failed; None when the failure is about ``path`` itself."""
+    found = _LOADER_ERROR.match(str(error))
+    return found["name"] if found and found["name"] != path else None
+
+
+def load_failure(tried: list[str], missing: list[str]) -> str:
+    """The message of a failed load: what to do first, then every path tried and why it failed."""
+    if missing:
+        names = ", ".join(dict.fromkeys(missing))
+        openblas = any("libopenblas" in name for name in missing)
+        headline = (
+            f"msp: libmsp.so was found, but the dynamic loader cannot load {names}, which it needs: install it"
+            + (" (libopenblas.so.0 comes with OpenBLAS, e.g. `apt-get install libopenblas0`)" if openblas else "")
+            + ", or install msp from its manylinux wheel (`pip wheel ./python`), which bundles libopenblas, "
+            "libgfortran and libquadmath"
+        )
+    else:
+        headline = "msp: cannot load libmsp.so (build it with `make lib`, or set MSP_LIBRARY_PATH)"
+    return headline + "; tried:\n  " + "\n  ".join(tried)
+
+
 def _load() -> tuple[ctypes.CDLL, str]:
     """Load the first candidate that exists; raise ``OSError`` naming every path tried."""
-    tried = []
+    tried, missing = [], []
     for path in _candidates():
         # find_library returns a bare soname that only the dynamic loader can resolve.
         if os.sep in path and not os.path.isfile(path):
@@ -255,12 +286,12 @@ def _load() -> tuple[ctypes.CDLL, str]:
             return ctypes.CDLL(path), path
         except OSError as error:
             tried.append(f"{path} ({error})")
+            dependency = missing_dependency(path, error)
+            if dependency:
+                missing.append(dependency)
     if not os.environ.get("MSP_LIBRARY_PATH") and ctypes.util.find_library("msp") is None:
         tried.append('ctypes.util.find_library("msp") (not found)')
-    raise OSError(
-        "msp: cannot load libmsp.so (build it with `make lib`, or set MSP_LIBRARY_PATH); tried:\n  "
-        + "\n  ".join(tried)
-    )
+    raise OSError(load_failure(tried, missing))
 
 
 def _check_abi(found: int, path: str) -> None:

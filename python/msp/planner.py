@@ -44,6 +44,7 @@ def plan(
     *,
     settings: SearchSettings | None = None,
     progress: bool = True,
+    names: Iterable[str] | None = None,
     **overrides: Any,
 ) -> Plan:
     """Choose one level per layer so that the parameter-weighted average sparsity is within
@@ -75,6 +76,10 @@ def plan(
             uses its ``prior_strength`` and ``per_parameter``; a fitness evaluated once is told the
             full fidelity ``fidelity_levels - 1``.
         progress: show a progress bar during a search (tqdm when installed, else stderr).
+        names: one distinct layer name per layer, in layer order (e.g. ``list(layers)``), or
+            None: the plan carries them (:attr:`msp.Plan.names`), so ``plan.to_dict()``,
+            ``plan.summary()`` and a saved plan need no separate list. Candidate plans handed to
+            ``fitness`` carry them too.
         **overrides: fields of :class:`msp.SearchSettings` (``generations=10``, ``seed=3``,
             ``prior_strength=2.0``, ...) replacing those of ``settings``.
 
@@ -100,7 +105,7 @@ def plan(
         if fitness is None and cost_table is None:
             raise ValueError("method='search' needs a fitness function (or a cost_table for an additive fitness)")
         with Search(sizes, target, levels, sensitivity, groups, min_level, max_level, tolerance,
-                    settings=settings) as search:
+                    settings=settings, names=names) as search:
             if fitness is not None:
                 return search.run(fitness, progress=progress)
             return search.run_additive(cost_table, progress=progress)
@@ -124,7 +129,7 @@ def plan(
         if total is None and cost_table is not None:
             total = problem.additive_cost(cost_table, chosen)
         result = Plan(chosen, problem.level_set, problem.sizes, fitness=total, target=problem.target, method=method,
-                      params=params)
+                      params=params, names=names)
     if fitness is not None:
         full = ranged(settings.fidelity_levels, "fidelity_levels", 1, INT32_MAX) - 1
         result.fitness = call_fitness(fitness, result, full, takes_fidelity(fitness))

@@ -33,7 +33,7 @@ from ._lib import lib, msp_fitness_fn, msp_progress_fn, msp_search_progress
 from ._progress import Progress
 from .errors import InvalidStateError, MSPCancelled
 from .levels import Level
-from .plans import LevelTable, Plan
+from .plans import LevelTable, Plan, layer_names
 from .problem import Problem, additive_costs, sensitivity_array
 from .search_settings import SearchSettings
 
@@ -63,6 +63,8 @@ class Search(NativeHandle):
             :class:`msp.Problem` and :func:`msp.plan`.
         sensitivity: one finite value >= 0 per layer (Fisher traces); None = all ones.
         settings: a :class:`msp.SearchSettings` (None = the defaults).
+        names: one distinct layer name per layer, or None; every plan the search returns carries
+            them (:attr:`msp.Plan.names`).
         **overrides: fields of :class:`msp.SearchSettings` (``generations=10``, ``seed=3``, ...)
             replacing those of ``settings``.
 
@@ -87,7 +89,7 @@ class Search(NativeHandle):
     def __init__(self, sizes: Iterable[int], target: float, levels: Sequence[Any] | None = None,
                  sensitivity: Any = None, groups: Sequence[Any] | None = None, min_level: Any = None,
                  max_level: Any = None, tolerance: float = 0.001, *, settings: SearchSettings | None = None,
-                 **overrides: Any) -> None:
+                 names: Iterable[str] | None = None, **overrides: Any) -> None:
         super().__init__()
         self._running = False
         self._error: BaseException | None = None
@@ -97,12 +99,14 @@ class Search(NativeHandle):
         self._bar: Progress | None = None
         self._history: list[float] = []
         self._generation = -1
+        self._finished = False  # the last ask returned no candidates
         self.fidelity = 0
         self._settings = SearchSettings.of(settings, overrides)
         params = self._settings.to_native()
         with Problem(
             sizes, target, levels, groups=groups, min_level=min_level, max_level=max_level, tolerance=tolerance
         ) as problem:
+            checked_names = None if names is None else layer_names(names, problem.num_layers)
             values = sensitivity_array(sensitivity, problem.num_layers)
             handle = ctypes.c_void_p()
             lib.msp_search_create(problem._ptr(), values.ctypes.data, ctypes.byref(params), ctypes.byref(handle))
@@ -113,6 +117,7 @@ class Search(NativeHandle):
         self._params = {**problem.settings(), **self._settings.to_json()}
         self._num_layers = len(self._sizes)
         self._table = LevelTable(self._level_set, self._sizes)
+        self._names = checked_names
         self._max_batch = int(lib.msp_search_max_batch(self._handle))
         self._buffer = np.zeros(max(1, self._max_batch) * self._num_layers, dtype=np.int32)
 
@@ -167,7 +172,7 @@ class Search(NativeHandle):
         """A plan of level indices the library produced (so already checked)."""
         return Plan.of_checked(
             levels, self._table, target=self._target, method="search", params=self._params, seed=self.settings.seed,
-            **fields,
+            names=self._names, **fields,
         )
 
     def _progress(self, handle: int) -> msp_search_progress:
@@ -195,12 +200,17 @@ class Search(NativeHandle):
                 handle, self._buffer.ctypes.data, self._max_batch, ctypes.byref(count), ctypes.byref(fidelity)
             )
             self.fidelity = fidelity.value
+            self._finished = count.value == 0
             rows = self._buffer[: count.value * self._num_layers].reshape(count.value, self._num_layers).tolist()
         return [self._plan(row) for row in rows]
 
     def tell(self, values: Iterable[float]) -> None:
         """Report the fitness of the last batch asked, in the order asked (lower is better;
         ``float("inf")`` marks a plan as worst).
+
+        Telling no values after an :meth:`ask` that returned no candidates (the search is done)
+        is a no-op, so both ``while candidates := search.ask(): search.tell(...)`` and
+        ``while not search.done: search.tell(evaluate(search.ask()))`` are correct loops.
 
         Raises:
             TypeError: values that are not real numbers.
@@ -216,6 +226,8 @@ class Search(NativeHandle):
         array = _arrays.float_array(values, (None,), "values (one per candidate)")
         with self._lock:
             handle = self._ptr()
+            if array.size == 0 and self._finished:
+                return
             lib.msp_search_tell(handle, array.ctypes.data, len(array))
             self._note(self._progress(handle))
 

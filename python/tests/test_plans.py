@@ -111,3 +111,69 @@ def test_load_rejects_other_files(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="version"):
         Plan.load(path)
+
+
+# --- layer names ----------------------------------------------------------------------------------
+
+NAMES = ["model.q_proj", "model.k_proj", "model.v_proj", "model.o_proj"]
+
+
+def _named_plan():
+    levels = nm_levels(8)
+    return Plan([0, 6, 4, 6], levels, [100, 300, 200, 400], fitness=1.5, target=0.5, method="prior", names=NAMES)
+
+
+def test_a_plan_carries_its_layer_names():
+    p = _named_plan()
+    assert p.names == NAMES
+    assert p.to_dict() == {"model.q_proj": 0.0, "model.k_proj": 0.75, "model.v_proj": 0.5, "model.o_proj": 0.75}
+    assert p.to_dict(["a", "b", "c", "d"]) == {"a": 0.0, "b": 0.75, "c": 0.5, "d": 0.75}  # given names win
+    assert p.summary() == p.summary(NAMES) and "model.k_proj" in p.summary()
+    assert p.summary(["a", "b", "c", "d"]) != p.summary()
+    with pytest.raises(ValueError, match="no layer names"):
+        _sample_plan().to_dict()
+    with pytest.raises(ValueError, match="got 2 names for a plan of 3 layers"):
+        Plan([0, 1, 2], nm_levels(8), [1, 1, 1], names=["a", "b"])
+    with pytest.raises(ValueError, match="more than once"):
+        Plan([0, 1], nm_levels(8), [1, 1], names=["a", "a"])
+    with pytest.raises(TypeError, match="must be str"):
+        Plan([0, 1], nm_levels(8), [1, 1], names=["a", 2])
+    with pytest.raises(TypeError, match="not one string"):
+        Plan([0, 1], nm_levels(8), [1, 1], names="ab")
+
+
+def test_names_are_saved_and_loaded_and_old_plans_load_without_them(tmp_path):
+    p = _named_plan()
+    p.save(tmp_path / "named.json")
+    data = json.loads((tmp_path / "named.json").read_text())
+    assert data["names"] == NAMES and data["version"] == 1
+    loaded = Plan.load(tmp_path / "named.json")
+    assert loaded == p and loaded.names == NAMES and loaded.to_dict() == p.to_dict()
+    assert pickle.loads(pickle.dumps(p)).names == NAMES
+    # A plan saved before plans had names: the same file without the field.
+    del data["names"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = Plan.load(tmp_path / "old.json")
+    assert old.names is None and old.levels == p.levels and old != p
+    assert "names" not in old.to_json()
+
+
+@pytest.mark.parametrize("method", ["search", "prior", "uniform", "exact"])
+def test_the_planner_gives_plans_the_names_it_is_given(method):
+    sizes, levels = [10, 20, 30], ratio_levels([0.0, 0.5, 0.75])
+    names = ["a", "b", "c"]
+    seen = []
+
+    def fitness(candidate):
+        seen.append(candidate.names)
+        return sum(candidate.levels)
+
+    extra = {"cost_table": [[0, 1, 2]] * 3} if method == "exact" else {}
+    result = plan(sizes, 0.5, levels, sensitivity=[1.0, 2.0, 3.0], fitness=fitness, method=method, names=names,
+                  progress=False, generations=2, **extra)
+    assert result.names == names and result.to_dict() == dict(zip(names, result.sparsity))
+    assert seen and all(n == names for n in seen)  # candidates carry them too
+    assert plan(sizes, 0.5, levels, sensitivity=[1.0, 2.0, 3.0], method="prior").names is None
+    with pytest.raises(ValueError, match="2 names"):
+        plan(sizes, 0.5, levels, sensitivity=[1.0, 2.0, 3.0], fitness=fitness, method=method, names=names[:2],
+             progress=False, **extra)

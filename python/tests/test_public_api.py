@@ -11,6 +11,7 @@ import pytest
 import msp
 from conftest import REPO_DIR
 from masking_reference import ref_nm_keep, ref_topk_keep
+from readme_blocks import python_blocks
 from msp import Level, Plan, Search, plan
 from msp.levels import nm_levels, ratio_levels
 
@@ -18,7 +19,6 @@ README = (REPO_DIR / "README.md").read_text()
 
 try:
     import torch
-    from torch import nn
 except ImportError:
     torch = None
 
@@ -167,7 +167,7 @@ def test_every_name_of_msp_torch_all_works():
 
 
 def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README, re.S)
+    return python_blocks(README)  # the blocks that need llm-compressor run in python/tests_llmcompressor
 
 
 def _documented_names() -> set[str]:
@@ -175,7 +175,7 @@ def _documented_names() -> set[str]:
     prose = re.sub(r"```.*?```", "", README, flags=re.S)
     texts = _python_blocks() + re.findall(r"`([^`\n]+)`", prose)
     names = {m.group(0) for text in texts for m in re.finditer(r"(?<![\w/.])msp(?:\.\w+)+", text)}
-    names.discard("msp.h")  # the C header, not a Python name
+    names -= {"msp.h", "msp.pc"}  # the C header and the pkg-config file, not Python names
     for text in _python_blocks():
         for module, imported in re.findall(r"from (msp[\w.]*) import ([\w, ]+)", text):
             names.update(f"{module}.{name.strip()}" for name in imported.split(","))
@@ -193,64 +193,167 @@ def test_every_msp_name_the_readme_uses_resolves():
     for dotted in sorted(names):
         parts = dotted.split(".")
         value = importlib.import_module(parts[0])
-        for part in parts[1:]:
+        for i, part in enumerate(parts[1:], start=2):
+            if not hasattr(value, part):  # a subpackage `import msp` leaves to be imported, e.g. msp.integrations
+                importlib.import_module(".".join(parts[:i]))
             value = getattr(value, part)
 
 
-def _run_readme_block(block: str, namespace: dict) -> None:
+def _given(block: str) -> set[str]:
+    """The names a block uses without defining them: its ``# given: a, b (what they are)`` line."""
+    match = re.match(r"# given: ([\w, ]+)", block)
+    return set() if match is None else {name.strip() for name in match.group(1).split(",") if name.strip()}
+
+
+def _run_readme_block(block: str, given: dict, capsys) -> tuple[dict, str]:
+    """Run ``block`` as written with exactly the names it declares as given; return its namespace and
+    what it printed. No deprecated spelling may be used."""
+    assert set(given) == _given(block), "a README block must declare every name it does not define"
+    namespace = dict(given)
+    capsys.readouterr()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         exec(compile(block, "README.md", "exec"), namespace)
     deprecated = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)
                   and "deprecated; use" in str(w.message)]
     assert deprecated == []  # the README shows the current spellings
+    return namespace, capsys.readouterr().out
 
 
-@needs_torch
-def test_the_readme_masking_block_runs_as_written():
-    block = next(b for b in _python_blocks() if "prune_nm_" in b)
-    rng = np.random.default_rng(0)
-    layer = nn.Linear(16, 8)
-    w = rng.standard_normal((8, 16)).astype(np.float32)
-    norms = rng.random(16).astype(np.float32) + 0.1
-    scores = rng.standard_normal((8, 16)).astype(np.float32)
-    dense_layer, dense_w = layer.weight.detach().numpy().copy(), w.copy()
-    namespace = {"layer": layer, "w": w, "norms": norms, "scores": scores}
-    _run_readme_block(block, namespace)
-    assert np.array_equal(layer.weight.detach().numpy() != 0, ref_nm_keep(np.abs(dense_layer), 2, 4))
-    wanda = ref_topk_keep(np.abs(dense_w) * norms, 0.7, "row")
-    assert np.array_equal(w, np.where(wanda, dense_w, 0))
-    assert np.array_equal(namespace["keep"], ref_nm_keep(scores, 2, 8))
+def _token_ids(rows=40):
+    from torch_models import BLOCK_T, BLOCK_VOCAB
+
+    return torch.randint(0, BLOCK_VOCAB, (rows, BLOCK_T), generator=torch.Generator().manual_seed(11))
 
 
-@needs_torch
-def test_the_readme_pytorch_loop_runs_as_written():
-    from msp.torch import perplexity
-    from torch_models import BlockLM, block_batches
-
-    block = next(b for b in _python_blocks() if "fisher_traces" in b)
-    model, calibration = BlockLM(seed=3), block_batches(2)
-    namespace = {"model": model, "calibration": calibration, "my_eval_loss": lambda m: perplexity(m, calibration)}
-    _run_readme_block(block, namespace)
-    result, layers = namespace["plan"], namespace["layers"]
-    assert abs(result.average_sparsity - 0.75) <= 0.001 + 1e-12
-    assert namespace["ratios"] == dict(zip(layers, result.sparsity))
-    for module, level in zip(layers.values(), result.layer_levels):  # the model holds the plan
+def _assert_holds(layers, result):
+    """Every layer's weight holds exactly its planned N:M level."""
+    for module, level in zip(layers.values(), result.layer_levels):
         w = module.weight.detach()
-        assert ((w != 0).reshape(w.shape[0], -1, 8).sum(-1) == level.n).all()
-    assert perplexity(model, calibration) == pytest.approx(result.fitness, rel=1e-12)
+        assert ((w != 0).reshape(w.shape[0], -1, level.m).sum(-1) == level.n).all()
+
+
+def _readme_masking(block, capsys):
+    namespace, _ = _run_readme_block(block, {}, capsys)
+    dense_w = np.random.default_rng(0).standard_normal((32, 64), dtype=np.float32)  # as the block makes it
+    norms = namespace["norms"]
+    weight = namespace["layer"].weight.detach().numpy()
+    assert ((weight != 0).reshape(32, 16, 4).sum(-1) == 2).all()
+    wanda = ref_topk_keep(np.abs(dense_w) * norms, 0.7, "row")
+    assert np.array_equal(namespace["w"], np.where(wanda, dense_w, 0))
+    assert np.array_equal(namespace["keep"], ref_nm_keep(np.abs(namespace["w"]) * norms, 2, 8))
+
+
+def _readme_pytorch_loop(block, capsys):
+    from msp.torch import perplexity
+    from torch_models import BlockLM
+
+    model, token_ids = BlockLM(seed=3), _token_ids()
+    namespace, printed = _run_readme_block(block, {"model": model, "token_ids": token_ids}, capsys)
+    result, layers = namespace["plan"], namespace["layers"]
+    assert torch.equal(namespace["calibration"], token_ids[:32])
+    assert abs(result.average_sparsity - 0.75) <= 0.001 + 1e-12 and result.names == list(layers)
+    assert printed.strip() == result.summary() and all(name in printed for name in layers)
+    assert namespace["ratios"] == dict(zip(layers, result.sparsity))
+    _assert_holds(layers, result)  # the model holds the plan
+    assert perplexity(model, namespace["held_out"]) == pytest.approx(result.fitness, rel=1e-12)
+
+
+def _readme_one_call(block, capsys):
+    from msp.torch import linear_layers
+    from torch_models import BlockLM
+
+    model = BlockLM(seed=4)
+    namespace, printed = _run_readme_block(block, {"model": model, "token_ids": _token_ids()}, capsys)
+    result, layers = namespace["plan"], linear_layers(model)
+    assert abs(result.average_sparsity - 0.75) <= 0.001 + 1e-12 and printed.strip() == result.summary()
+    assert namespace["ratios"] == dict(zip(layers, result.sparsity)) and Plan.load("plan.json") == result
+    _assert_holds(layers, result)
+
+
+def _readme_gpu(block, capsys):
+    from msp.torch import activation_norms, apply_plan, linear_layers
+    from torch_models import BlockLM, assert_same, snapshot
+
+    model, token_ids = BlockLM(seed=5), _token_ids()
+    reference = BlockLM(seed=5)
+    layers = linear_layers(reference)
+    expected_norms = activation_norms(reference, layers, token_ids[:32])
+    namespace, _ = _run_readme_block(block, {"model": model, "token_ids": token_ids}, capsys)
+    assert {p.device.type for p in model.parameters()} == {torch.device(namespace["device"]).type}
+    norms = namespace["norms"]  # computed where the model is: the same up to rounding
+    assert all(torch.allclose(norms[n], expected_norms[n], rtol=1e-5) for n in layers)
+    apply_plan(layers, ["2:8"] * len(layers), "wanda", norms, kernels="native")
+    assert_same(model.cpu(), snapshot(reference))  # pruned where the weights were, as the CPU prunes
+
+
+def _readme_any_module(block, capsys):
+    namespace, printed = _run_readme_block(block, {}, capsys)
+    result, model = namespace["plan"], namespace["model"]
+    assert result.names == ["0", "2"] and abs(result.average_sparsity - 0.5) <= 0.001 + 1e-12
+    assert printed.strip() == result.summary()
+    for i, sparsity in zip((0, 2), result.sparsity):
+        w = model[i].weight.detach()
+        assert ((w == 0).sum(1) == int(np.floor(sparsity * w.shape[1]))).all()  # per row, as Wanda prunes
+
+
+def _readme_search(block, capsys):
+    namespace, _ = _run_readme_block(block, {}, capsys)
+    search, best, my_loss = namespace["search"], namespace["best"], namespace["my_loss"]
+    assert search.done and search.ask() == [] and best.fitness == my_loss(best)
+    assert abs(best.average_sparsity - 0.75) <= 0.001 + 1e-12
+    run = plan(namespace["sizes"], 0.75, nm_levels(8), sensitivity=namespace["traces"], fitness=my_loss,
+               generations=5, progress=False)
+    assert run.levels == best.levels and run.evaluations == best.evaluations
+
+
+def _readme_sparsegpt(block, capsys):
+    from sparsegpt_reference import fasterprune
+
+    namespace, _ = _run_readme_block(block, {}, capsys)
+    rng = np.random.default_rng(1)  # the block's data, made again
+    x = rng.standard_normal((4, 128, 64), dtype=np.float32).reshape(-1, 64).astype(np.float64)
+    dense_w = rng.standard_normal((32, 64), dtype=np.float32)
+    H = namespace["acc"].gram(0)
+    d = np.sqrt(np.diag(x.T @ x))
+    assert (np.abs(H - x.T @ x) <= 1e-5 * np.outer(d, d)).all() and namespace["acc"].tokens(0) == 512
+    ref_w, ref_keep = fasterprune(torch.from_numpy(dense_w).double(), torch.from_numpy(H).double(), n=2, m=8)
+    assert np.array_equal(namespace["keep"], ref_keep.numpy())
+    assert np.abs(namespace["w"] - ref_w.numpy()).max() <= 1e-4 * np.abs(dense_w).max()
+
+
+README_RUNNERS = {  # a line only that block has -> the test that runs it
+    'msp.prune_nm_(layer.weight.data, "2:4")': _readme_masking,
+    "traces = fisher_traces(model, layers, calibration)": _readme_pytorch_loop,
+    "plan = msp.torch.prune(model, token_ids[:32]": _readme_one_call,
+    'dense_copies="host"': _readme_gpu,
+    "model = nn.Sequential(": _readme_any_module,
+    "while candidates := search.ask():": _readme_search,
+    "acc = msp.GramAccumulator([64])": _readme_sparsegpt,
+}
+
+
+def test_every_python_block_of_the_readme_has_exactly_one_runner():
+    blocks = _python_blocks()
+    claimed = [[marker for marker in README_RUNNERS if marker in block] for block in blocks]
+    assert all(len(markers) == 1 for markers in claimed), claimed  # no block left out, none run twice
+    assert sorted(m for markers in claimed for m in markers) == sorted(README_RUNNERS)
+
+
+@needs_torch
+@pytest.mark.parametrize("marker", list(README_RUNNERS))
+def test_the_readme_python_blocks_run_as_written(marker, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # blocks may save files
+    (block,) = [b for b in _python_blocks() if marker in b]
+    README_RUNNERS[marker](block, capsys)
 
 
 @needs_torch
 def test_the_readme_inline_calls_work():
     from msp.torch import linear_layers
-    from torch_models import BlockLM, block_batches
+    from torch_models import BlockLM
 
-    model, calibration = BlockLM(seed=4), block_batches(2)
-    result = msp.torch.prune(model, calibration, target=0.75, structure="N:8", pruner="wanda",
-                             generations=2, offspring=4, progress=False)
-    assert abs(result.average_sparsity - 0.75) <= 0.001 + 1e-12
-    assert "average sparsity" in result.summary()
+    model = BlockLM(seed=4)
     layers = linear_layers(model)
     sizes = [m.weight.numel() for m in layers.values()]
     weight = next(iter(layers.values())).weight.detach()
@@ -260,15 +363,20 @@ def test_the_readme_inline_calls_work():
     for method in ("prior", "uniform"):
         assert msp.plan(sizes, 0.5, msp.nm_levels(8), sensitivity=[1.0] * 6, method=method).method == method
     search = msp.Search(sizes, 0.5, msp.nm_levels(8), sensitivity=[1.0] * 6, generations=1)
+
+    def evaluate(candidates):
+        return [sum(c.levels) for c in candidates]
+
     while not search.done:
-        search.tell([sum(c.levels) for c in search.ask()])
-    assert search.best is not None
+        search.tell(evaluate(search.ask()))
+    assert search.best is not None and search.ask() == []
 
 
 def test_plans_save_and_load_as_the_readme_says(tmp_path):
-    result = msp.plan([10, 20], 0.5, msp.ratio_levels([0.25, 0.5, 0.75]), method="uniform")
+    result = msp.plan([10, 20], 0.5, msp.ratio_levels([0.25, 0.5, 0.75]), method="uniform", names=["a", "b"])
     result.save(tmp_path / "plan.json")
     assert msp.Plan.load(tmp_path / "plan.json") == result
+    assert msp.Plan.load(tmp_path / "plan.json").to_dict() == {"a": 0.5, "b": 0.5}
 
 
 # --- the design document's Python contract ------------------------------------------------------------

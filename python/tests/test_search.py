@@ -13,7 +13,7 @@ import pytest
 
 from msp import Problem, Search, plan
 from msp.errors import InvalidArgumentError, InvalidStateError, MSPCancelled
-from msp.levels import nm_levels
+from msp.levels import nm_levels, ratio_levels
 from planning_reference import additive, small_problem, structured_costs
 
 
@@ -251,6 +251,41 @@ def test_no_progress_output_when_disabled(capsys):
 
 
 # --- ask/tell misuse and handle lifetime --------------------------------------------------------------
+
+
+def test_both_documented_loops_find_the_same_plan_and_an_empty_tell_after_the_end_is_a_no_op():
+    sizes, costs = small_problem()
+    settings = dict(seed=3, generations=3, offspring=4)
+
+    def evaluate(candidates):
+        return [additive(costs, c.levels) for c in candidates]
+
+    with Search(sizes, 0.5, **settings) as walrus:
+        while candidates := walrus.ask():
+            walrus.tell(evaluate(candidates))
+        expected = walrus.best
+    with Search(sizes, 0.5, **settings) as search:
+        while not search.done:
+            search.tell(evaluate(search.ask()))  # may end with an empty ask and an empty tell
+        assert search.best == expected
+        assert search.progress["evaluations"] == expected.evaluations
+        assert search.ask() == []
+        search.tell([])  # done: nothing to tell, nothing changes
+        assert search.best == expected and search.progress["evaluations"] == expected.evaluations
+    with Search([10, 20], 0.5, ratio_levels([0.25, 0.5, 0.75]), generations=1) as tiny:
+        # One plan meets the budget: done only shows after an empty ask, so the loop tells [] once.
+        told = []
+        while not tiny.done:
+            candidates = tiny.ask()
+            tiny.tell([sum(c.levels) for c in candidates])
+            told.append(len(candidates))
+        assert told == [1, 0] and tiny.best.levels == [1, 1]
+    with Search(sizes, 0.5, **settings) as fresh:
+        with pytest.raises(InvalidStateError, match="ask first"):
+            fresh.tell([])  # before any ask an empty tell is still a misuse
+        fresh.ask()
+        with pytest.raises(InvalidStateError):
+            fresh.tell([])  # a pending non-empty batch needs its values
 
 
 def test_tell_misuse_raises_typed_errors_and_changes_nothing():

@@ -135,6 +135,10 @@ def test_apply_accepts_plans_dicts_and_lists():
     assert_same(model, by_plan)
     pruner.apply([(lv.n, lv.m) for lv in plan.layer_levels])
     assert_same(model, by_plan)
+    named = Plan(plan.levels, levels, sizes, names=list(layers))
+    pruner.restore()
+    pruner.apply(named)
+    assert_same(model, by_plan)
     assert pruner.sizes == sizes and pruner.names == list(layers)
 
 
@@ -168,10 +172,12 @@ def bad_cases():
         ("unknown name", {**{n: "2:8" for n in names[1:]}, "nope": "2:8"}, "names do not match"),
         ("missing name", {n: "2:8" for n in names[:-1]}, "names do not match"),
         ("M does not divide in_features", ["2:8"] * 5 + ["2:32"], "not divisible by M = 32"),
+        ("names of other layers", Plan([1] * 6, nm_levels(8), sizes, names=[names[1], names[0]] + names[2:]),
+         "layer 0 is named 'layers.0.down' but the layer given there is 'layers.0.up'"),
     ]
 
 
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(7))
 def test_bad_plans_raise_before_any_write(case):
     model = TinyLM()
     layers = linear_layers(model)
@@ -208,17 +214,23 @@ def test_non_contiguous_weight_raises_before_any_write():
     assert_same(model, saved)
 
 
-def test_weight_off_the_cpu_raises_before_any_write():
+def test_weights_the_kernels_cannot_prune_raise_before_any_write():
     model = TinyLM()
     layers = linear_layers(model)
-    layers["layers.1.mix"].to("meta")  # stands in for a CUDA weight: the check is on device.type
+    layers["layers.1.mix"].to("meta")  # off the CPU (the check is on device.type) and without data
     saved = {n: m.weight.detach().clone() for n, m in layers.items() if n != "layers.1.mix"}
-    with pytest.raises(ValueError, match="prunes CPU weights"):
-        Pruner(layers)
-    with pytest.raises(ValueError, match="prunes CPU weights"):
-        apply_plan(layers, MIXED)
+    for kernels, message in [("native", "kernels='native' prunes CPU weights only"), ("auto", "meta device"),
+                             ("torch", "meta device")]:
+        with pytest.raises(ValueError, match=message):
+            Pruner(layers, kernels=kernels)
+        with pytest.raises(ValueError, match=message):
+            apply_plan(layers, MIXED, kernels=kernels)
     for name, w in saved.items():
         assert torch.equal(layers[name].weight, w)
+    with pytest.raises(ValueError, match="kernels must be one of 'auto', 'native', 'torch'"):
+        Pruner(linear_layers(TinyLM()), kernels="cuda")
+    with pytest.raises(ValueError, match="dense_copies must be 'device' or 'host'"):
+        Pruner(linear_layers(TinyLM()), dense_copies="gpu")
 
 
 def test_bad_pruner_arguments():

@@ -97,3 +97,12 @@ def assert_same(model, saved):
 def random_norms(layers, seed=3):
     g = torch.Generator().manual_seed(seed)
     return {n: torch.rand(m.in_features, generator=g) * 3 + 0.1 for n, m in layers.items()}
+
+
+def device_under_test():
+    """Where the device tests run: ``$MSP_TEST_DEVICE`` if set, else "cuda" when available, else
+    the CPU (where the torch path is forced with ``kernels="torch"``)."""
+    import os
+
+    name = os.environ.get("MSP_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

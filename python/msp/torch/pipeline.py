@@ -23,7 +23,8 @@ from ..levels import Level, as_level_set, nm_levels, ratio_levels
 from ..planner import plan as make_plan
 from ..plans import Plan
 from ..search_settings import SearchSettings
-from .calibration import activation_norms, fisher_traces
+from .batches import calibration_batches
+from .calibration import fisher_traces
 from .evaluation import kl_to_dense, perplexity, reference_logits
 from .layers import block_groups, linear_layers
 from .pruner import Pruner, check_pruner, prepare_layers
@@ -81,7 +82,7 @@ def _max_levels(records: list, level_set: list[Level], stage: Stage) -> list[int
     return [fits[-1] for fits in allowed]
 
 
-def _measure(fitness: Any, model: nn.Module, batches: list, stage: Stage) -> Callable[[], float]:
+def _measure(fitness: Any, model: nn.Module, batches: list, forward_fn: Any, stage: Stage) -> Callable[[], float]:
     """The fitness of the model as it is now: the user's ``fitness(model)``, or KL to the dense
     model (its reference computed here, while the model is dense), or perplexity on ``batches``."""
     if callable(fitness):
@@ -89,8 +90,8 @@ def _measure(fitness: Any, model: nn.Module, batches: list, stage: Stage) -> Cal
     if fitness == "perplexity":
         return lambda: perplexity(model, batches)
     with stage(f"dense reference logits on {len(batches)} batches"):
-        reference = reference_logits(model, batches)
-    return lambda: kl_to_dense(model, batches, reference)
+        reference = reference_logits(model, batches, forward_fn=forward_fn)
+    return lambda: kl_to_dense(model, batches, reference, forward_fn=forward_fn)
 
 
 def _applying(worker: Pruner, measure: Callable[[], float]) -> Callable[[Plan], float]:
@@ -105,7 +106,7 @@ def _applying(worker: Pruner, measure: Callable[[], float]) -> Callable[[Plan], 
 
 def prune(
     model: nn.Module,
-    calibration: Iterable[Any],
+    calibration: Any,
     target: float = 0.75,
     structure: str = "N:8",
     pruner: str = "wanda",
@@ -120,6 +121,10 @@ def prune(
     groups: str | Sequence[Any] | None = None,
     sensitivity: Any = None,
     norms: Any = None,
+    loss_fn: Callable[[nn.Module, Any], Any] | None = None,
+    forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+    kernels: str = "auto",
+    dense_copies: str = "device",
     progress: bool = True,
     search: Mapping[str, Any] | None = None,
     **overrides: Any,
@@ -132,17 +137,24 @@ def prune(
     :class:`Pruner` and scored by ``fitness``); applying the best plan.
 
     Args:
-        model: a causal LM on the CPU (its linear weights are pruned in place).
-        calibration: batches of token ids ``[B, T]`` or dicts of model inputs (a list; an iterator
-            is read into one).
+        model: any ``nn.Module`` on any device (its linear weights are pruned in place: CPU
+            weights by the native kernels, others on their device; ``kernels``). The defaults
+            suit a causal LM taking token ids; other models pass ``loss_fn`` and ``forward_fn``
+            (and ``fitness`` other than ``"perplexity"``).
+        calibration: a list of batches, one tensor ``[N, ...]`` of N samples (cut into batches of
+            8), or an iterable of batches (read into a list); ``msp.torch.batches``. A batch is
+            token ids ``[B, T]``, a dict of model inputs, or whatever ``loss_fn``/``forward_fn``
+            take (e.g. ``(x, y)``).
         target: average sparsity over the pruned layers, weighted by parameter count.
         structure: ``"N:M"`` (e.g. ``"N:8"``: every layer some n:8 from 1:8 to 8:8 = dense) or
             ``"unstructured"`` (0 %, 5 %, ..., 95 % and ``target``). ``levels`` overrides it.
         pruner: the pruning criterion, ``"wanda"`` or ``"magnitude"``.
         settings: the search settings (:class:`msp.SearchSettings`; None = the defaults).
-        fitness: ``"kl"`` (mean KL divergence of the pruned model's next-token distribution from
-            the dense one's), ``"perplexity"``, or a callable ``fitness(model) -> float`` called
-            with the candidate plan applied to ``model`` (lower is better).
+        fitness: ``"kl"`` (mean KL divergence of the pruned model's output distribution from the
+            dense one's: next-token distributions, or with ``forward_fn`` the distributions over
+            the last dimension of its logits), ``"perplexity"`` (causal LMs only), or a callable
+            ``fitness(model) -> float`` called with the candidate plan applied to ``model``
+            (lower is better).
         eval_batches: the batches ``"kl"``/``"perplexity"`` are computed on; default: the first
             two calibration batches (keep it small: it runs once per candidate).
         method: the planning method: ``"search"``, ``"prior"`` (the Fisher prior alone) or
@@ -154,6 +166,14 @@ def prune(
             or one group label per layer.
         sensitivity, norms: precomputed Fisher traces (dict or list) and activation norms, to skip
             those steps.
+        loss_fn: ``loss_fn(model, batch) -> scalar`` for the Fisher traces (``fisher_traces``);
+            default: a causal LM's next-token cross-entropy.
+        forward_fn: ``forward_fn(model, batch)`` runs one batch, for the activation norms and the
+            ``"kl"`` fitness (``activation_norms``, ``kl_to_dense``); default: the causal LM call.
+        kernels: ``"auto"``, ``"native"`` or ``"torch"``: where pruning and Fisher sums run
+            (``msp.torch.kernels``; the same results).
+        dense_copies: where the pruner keeps the dense weights while it searches: ``"device"``
+            (each weight's device) or ``"host"`` (CPU memory); see :class:`Pruner`.
         progress: report every step on stderr (and progress bars).
         search: deprecated: a mapping of search settings (``DeprecationWarning``); pass them as
             keywords or ``settings=`` instead.
@@ -161,7 +181,8 @@ def prune(
             replacing those of ``settings``.
 
     Returns:
-        The applied :class:`msp.Plan` (``plan.to_dict(names)`` gives ``{layer name: sparsity}``).
+        The applied :class:`msp.Plan`, carrying the layer names (``plan.to_dict()`` gives
+        ``{layer name: sparsity}``).
 
     Raises:
         TypeError, ValueError: bad arguments, before the model is touched (``TypeError`` for an
@@ -169,21 +190,24 @@ def prune(
         Whatever the model or a user's ``fitness`` raises propagates unchanged, and the model is
         left dense (restored bit-identically), also on ``KeyboardInterrupt``.
     """
-    check_pruner(pruner)
+    criterion = check_pruner(pruner)
     if method not in PLANNING_METHODS:
         raise ValueError(f"method (the planning method) must be 'search', 'prior' or 'uniform', got {method!r}")
     if not (isinstance(fitness, str) and fitness in ("kl", "perplexity")) and not callable(fitness):
         raise ValueError(f"fitness must be 'kl', 'perplexity' or a callable fitness(model) -> float, got {fitness!r}")
+    if fitness == "perplexity" and forward_fn is not None:
+        raise ValueError("fitness='perplexity' is for causal LMs called on token ids; with forward_fn use 'kl' or "
+                         "a callable")
     if search is not None:
         deprecated("prune(search={...})", "prune(..., settings=msp.SearchSettings(...)) or the settings as keywords")
     settings = _search_settings(settings, search, overrides)
     level_set = as_level_set(levels) if levels is not None else _levels_for(structure, target)
-    calibration = list(calibration)
+    calibration = list(calibration_batches(calibration))
     if not calibration:
         raise ValueError("calibration is empty")
     if layers is None:
         layers = linear_layers(model, ignore=ignore)
-    records = prepare_layers(layers)  # checks every weight before any work
+    records = prepare_layers(layers, kernels=kernels)  # checks every weight before any work
     names = [r.name for r in records]
     if isinstance(groups, str):
         if groups != "block":
@@ -194,24 +218,25 @@ def prune(
 
     if sensitivity is None:
         with stage(f"Fisher traces of {len(names)} layers on {len(calibration)} calibration batches"):
-            traces = fisher_traces(model, layers, calibration, progress=progress)
+            traces = fisher_traces(model, layers, calibration, loss_fn, kernels=kernels, progress=progress)
         sensitivity = [traces[n] for n in names]
     elif isinstance(sensitivity, Mapping):
         sensitivity = [float(sensitivity[n]) for n in names]
-    if pruner == "wanda" and norms is None:
-        with stage(f"activation norms on {len(calibration)} calibration batches"):
-            norms = activation_norms(model, layers, calibration, progress=progress)
-    worker = Pruner(layers, pruner, norms if pruner == "wanda" else None)
+    if criterion.statistic is not None and norms is None:
+        with stage(f"{criterion.name}'s {criterion.statistic} on {len(calibration)} calibration batches"):
+            norms = criterion.collect(model, layers, calibration, forward_fn, progress)
+    worker = Pruner(layers, pruner, norms if criterion.statistic else None, kernels=kernels,
+                    dense_copies=dense_copies)
     try:
         score = None
         if method == "search" or callable(fitness):
             batches = list(eval_batches) if eval_batches is not None else calibration[:2]
-            score = _applying(worker, _measure(fitness, model, batches, stage))
+            score = _applying(worker, _measure(fitness, model, batches, forward_fn, stage))
         label = {"search": "evolutionary search", "prior": "Fisher prior plan", "uniform": "uniform plan"}[method]
         with stage(f"{label} at {target:.1%} average sparsity over {len(level_set)} levels"):
             result = make_plan(
                 worker.sizes, target, level_set, sensitivity=sensitivity, fitness=score, groups=groups,
-                max_level=max_level, method=method, settings=settings, progress=progress,
+                max_level=max_level, method=method, settings=settings, progress=progress, names=names,
             )
         with stage("applying the plan"):
             worker.apply(result)
