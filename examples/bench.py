@@ -16,6 +16,8 @@ Run by `make bench` (never by `make test`). Sections:
   the scores + write the 1-byte mask; sum_squares = read; diagonal Fisher = read the gradient, read +
   write the float32 diagonal.
 - compressed N:M product: msp.nm_linear against F.linear on dense weights (examples/bench_packed.py).
+- sparsegpt: msp.OBS against the torch transcription of SparseGPT's fasterprune, and the time of a
+  SparseGPT search database for SmolLM2-135M's shapes (examples/bench_sparsegpt.py).
 - planner: the exact solver and the search's own bookkeeping at 224 layers x 16 levels, the library's
   time (ask/tell through ctypes with a precomputed additive fitness) separated from Python's.
 - model (full run only, when the demo's SmolLM2-135M cache exists): msp.torch.Pruner.apply of a
@@ -655,6 +657,8 @@ def main() -> None:
         print_kernel_row(record)
     results += packed_section(args.quick, args.repeats, reference["read_GBps"])
     print()
+    sparsegpt = importlib.import_module("bench_sparsegpt").run(args.quick, max(1, args.repeats // 2))
+    print()
     planner = planner_speed(5)
     print_planner(planner)
     model = None
@@ -682,7 +686,7 @@ def main() -> None:
 
     if args.json:
         report = {"machine": machine, "bandwidth": bandwidth, "results": results, "planner": planner,
-                  "model": model, "checks": checks}
+                  "model": model, "checks": checks, "sparsegpt": sparsegpt}
         text = json.dumps(report, indent=1)
         if args.json == "-":
             print(text)

@@ -764,6 +764,161 @@ msp_status msp_cost_table_reconstruction(const void *weights, msp_dtype dtype, i
                                          const msp_level *levels, int64_t num_levels, int32_t scope,
                                          const float *col_scale, const float *gram, double *costs_out);
 
+/* ---------------------------------------------------------------------------------------------
+ * Pruning with second-order information (SparseGPT)
+ *
+ * SparseGPT (Frantar & Alistarh, 2023) prunes a layer with the Gram matrix of its calibration
+ * inputs, H = sum_t x_t x_t^T (cols x cols): it sweeps the columns and spreads each pruned weight's
+ * error over the later columns of its row, optimal-brain-surgeon style, so that the layer's output
+ * on those inputs changes as little as possible. msp_gram_* accumulates H per layer from activation
+ * chunks; msp_obs_create factorises one H once, and msp_obs_prune then prunes any number of levels
+ * and weight matrices with it (every level of a layer for a search database; the weights of several
+ * layers that share inputs, such as q/k/v or gate/up). Usage sketch:
+ *
+ *     int64_t cols[1] = {COLS};
+ *     msp_gram *acc;  msp_gram_create(cols, 1, &acc);
+ *     for each calibration batch:  msp_gram_add(acc, 0, x, MSP_DTYPE_BF16, TOKENS, COLS);
+ *     float *h = malloc(sizeof(float) * COLS * COLS);  msp_gram_get(acc, 0, h);
+ *     msp_obs *obs;  msp_obs_create(h, COLS, 0.01, &obs);
+ *     msp_level level = {0.7, 0, 0};              // 70% unstructured; {0.75, 2, 8} for 2:8
+ *     msp_obs_prune(obs, w, MSP_DTYPE_BF16, ROWS, COLS, &level, 128, keep);
+ * ------------------------------------------------------------------------------------------- */
+
+/* Accumulator of per-layer Gram matrices of layer inputs. Opaque. */
+typedef struct msp_gram msp_gram;
+
+/*
+ * Creates an accumulator over `num_layers` layers with cols[l] input features each; every Gram
+ * matrix starts at zero. Nothing is allocated per layer until its first msp_gram_add.
+ *
+ *   cols        num_layers values in [1, INT32_MAX] (copied).
+ *   num_layers  > 0.
+ *   out         receives the handle; release it with msp_gram_free.
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL pointer, num_layers <= 0, a bad width);
+ * MSP_ERR_OUT_OF_MEMORY. *out is unchanged on error.
+ */
+msp_status msp_gram_create(const int64_t *cols, int64_t num_layers, msp_gram **out);
+
+/* Releases an accumulator. Accepts NULL. The handle must not be in use by another thread. */
+void msp_gram_free(msp_gram *gram);
+
+/*
+ * Adds sum_t x_t x_t^T of one activation chunk to layer `layer` and counts its tokens. Each run of
+ * at most 128 tokens is multiplied in float32 by BLAS (ssyrk; the columns scaled by powers of two
+ * first, so no product overflows) and added into a double accumulator: every entry agrees with a
+ * float64 reference to better than 1e-5 of sqrt(H_ii * H_jj). The layer's accumulator (8 * cols^2
+ * bytes) is allocated by its first add; each call uses 4 * cols^2 bytes of scratch besides.
+ *
+ *   layer   in [0, num_layers).
+ *   x       tokens x cols elements of `dtype`, row-major (one token per row); must be finite.
+ *   tokens  > 0.
+ *   cols    the layer's width, as given to msp_gram_create.
+ *
+ * Thread safety: calls for distinct layers may run concurrently; calls for the same layer, and any
+ * call concurrent with msp_gram_reset, must be serialised by the caller.
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL, bad layer, size, width or dtype, a non-finite
+ * element: the message names the layer, token and column; a diagonal entry that would exceed
+ * 2^127, half the float32 range: scale the inputs down); MSP_ERR_OUT_OF_MEMORY. The accumulator is
+ * unchanged on error.
+ */
+msp_status msp_gram_add(msp_gram *gram, int64_t layer, const void *x, msp_dtype dtype, int64_t tokens,
+                        int64_t cols);
+
+/* The number of tokens added to layer `layer` since creation or the last reset. Returns MSP_OK or
+ * MSP_ERR_INVALID_ARGUMENT (NULL, bad layer). */
+msp_status msp_gram_tokens(const msp_gram *gram, int64_t layer, int64_t *out);
+
+/*
+ * Writes layer `layer`'s Gram matrix H = sum_t x_t x_t^T into out[0 .. cols^2 - 1], row-major,
+ * rounded to float32 and exactly symmetric; all zeros before the first add. Not divided by the
+ * token count (SparseGPT's solver does not depend on the scale of H; sqrt(H_jj / tokens) is the
+ * root-mean-square of input feature j, and sqrt(H_jj) is the norm Wanda scores with).
+ *
+ * Thread safety: may run concurrently with calls for other layers.
+ * Returns MSP_OK or MSP_ERR_INVALID_ARGUMENT (NULL, bad layer; out unchanged).
+ */
+msp_status msp_gram_get(const msp_gram *gram, int64_t layer, float *out);
+
+/* Clears every layer's Gram matrix and token count (releasing their memory), keeping the widths.
+ * Returns MSP_OK or MSP_ERR_INVALID_ARGUMENT (NULL). */
+msp_status msp_gram_reset(msp_gram *gram);
+
+/* A factorised Gram matrix that prunes weights with SparseGPT. Opaque, immutable after creation. */
+typedef struct msp_obs msp_obs;
+
+/*
+ * Prepares a Gram matrix as SparseGPT's reference (fasterprune) does and factorises it once:
+ *   1. an input j whose diagonal H_jj is 0 is dead: H_jj is set to 1, and msp_obs_prune sets the
+ *      weights of column j to 0 before its sweep (they score 0, so a level prunes them first);
+ *   2. damp * mean(diag H) (the mean after step 1) is added to the diagonal;
+ *   3. U, the upper Cholesky factor of H^-1 (H^-1 = U^T U), is computed in double with LAPACK
+ *      (dpotrf and dtrtri of the reversed matrix, H being scaled by a power of four first, which
+ *      changes no result) and kept in float32 (4 * cols^2 bytes; the computation uses 8 * cols^2
+ *      bytes of scratch).
+ *
+ *   gram   cols x cols floats, row-major; only the lower triangle (j <= i) is read, and must be
+ *          finite; the matrix is taken as symmetric (e.g. from msp_gram_get, or X^T X).
+ *   cols   in [1, INT32_MAX].
+ *   damp   finite, >= 0; SparseGPT's default is 0.01.
+ *   out    receives the handle; release it with msp_obs_free.
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL, bad cols or damp, a non-finite entry: the
+ * message names it; a matrix that is not positive definite after damping, or so close to singular
+ * that its factor leaves the float32 range: the message says so and suggests a larger damp);
+ * MSP_ERR_OUT_OF_MEMORY. *out is unchanged on error.
+ */
+msp_status msp_obs_create(const float *gram, int64_t cols, double damp, msp_obs **out);
+
+/* Releases a solver. Accepts NULL. No msp_obs_prune on it may be running. */
+void msp_obs_free(msp_obs *obs);
+
+/*
+ * Prunes weights in place to one level with SparseGPT's sweep and writes the keep mask.
+ *
+ * The sweep runs on a float32 copy of the weights (dead inputs zeroed) over blocks of `block`
+ * columns. When it reaches a pruned weight w in row r and column c, it sets w to 0 and updates the
+ * row's later columns j of the block by w_rj -= (w / U_cc) * U_cj (one fused multiply-add); after
+ * each block, the columns after it get the block's errors at once (sgemm on panels of 256 rows).
+ * Which weights are pruned, by the score w^2 / U_cc^2 (float32) on the weights as updated so far:
+ *   - unstructured (level->n = level->m = 0): when the sweep reaches a block of `width` columns,
+ *     exactly floor(sparsity * rows * width + 0.5) weights of the whole block (all rows) are pruned:
+ *     those with the lowest score, ties pruning the higher row-major index within the block first;
+ *   - N:M (0 < n < m): when the sweep reaches a group of m columns in a row, the n with the highest
+ *     score are kept (ties: the lower column), the others pruned; `block` is rounded down to a
+ *     multiple of m (at least m), which changes no choice, only rounding;
+ *   - n == m (dense): nothing is pruned (dead inputs are still zeroed).
+ * Weights of dead inputs are zeroed first, so a level prunes them first; when a level prunes fewer
+ * weights than score 0 (dead or zero weights), some zeros are counted as kept. The result is
+ * computed in float32 (16-bit weights rounded once at the end, to nearest even) and does not
+ * depend on the thread count.
+ *
+ *   obs        a solver from msp_obs_create.
+ *   weights    rows x cols elements of `dtype`, row-major, finite; replaced by the pruned weights.
+ *   dtype      MSP_DTYPE_F32, MSP_DTYPE_F16 or MSP_DTYPE_BF16.
+ *   rows       in [1, INT32_MAX]; rows * cols must fit in int64_t.
+ *   cols       the solver's cols; for an N:M level a multiple of m.
+ *   level      one level, as in a level set: unstructured (n = m = 0) with sparsity in [0, 1), or
+ *              N:M with 0 < n <= m <= MSP_MAX_M and sparsity = 1 - n/m within
+ *              MSP_LEVEL_SPARSITY_TOLERANCE.
+ *   block      > 0; SparseGPT's default is 128 (the unstructured choice is made per block).
+ *   keep_out   NULL, or rows x cols bytes written with 1 = keep, 0 = pruned; must not overlap
+ *              `weights`.
+ *
+ * Threads: with a single-threaded OpenBLAS (OPENBLAS_NUM_THREADS=1, the faster setting), panels of
+ * 256 rows are split across msp's threads (msp_set_num_threads); next to a multithreaded OpenBLAS
+ * (its default) the sweep stays on the calling thread and OpenBLAS parallelises the products, since
+ * its idle threads spin and would take the cores from msp's. The result is the same either way.
+ * Uses scratch memory of 4 * rows * cols bytes plus 8 * rows * min(block, cols) bytes.
+ * Thread safety: the solver is immutable; calls on one solver may run concurrently (on distinct
+ * buffers). Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL, bad size, dtype, level or block, cols
+ * differing from the solver's, an N:M level whose m does not divide cols, a non-finite weight: the
+ * message names it; pruned weights that overflow the element type: the message suggests a larger
+ * damp); MSP_ERR_OUT_OF_MEMORY. On error neither the weights nor the keep mask have changed.
+ */
+msp_status msp_obs_prune(const msp_obs *obs, void *weights, msp_dtype dtype, int64_t rows, int64_t cols,
+                         const msp_level *level, int64_t block, uint8_t *keep_out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -55,4 +55,13 @@ private func same<F>(_: F, _: F) {}
     same(CMSPHeader.msp_search_run, MSP.msp_search_run)
     same(CMSPHeader.msp_cost_table_energy, MSP.msp_cost_table_energy)
     same(CMSPHeader.msp_cost_table_reconstruction, MSP.msp_cost_table_reconstruction)
+    same(CMSPHeader.msp_gram_create, MSP.msp_gram_create)
+    same(CMSPHeader.msp_gram_free, MSP.msp_gram_free)
+    same(CMSPHeader.msp_gram_add, MSP.msp_gram_add)
+    same(CMSPHeader.msp_gram_tokens, MSP.msp_gram_tokens)
+    same(CMSPHeader.msp_gram_get, MSP.msp_gram_get)
+    same(CMSPHeader.msp_gram_reset, MSP.msp_gram_reset)
+    same(CMSPHeader.msp_obs_create, MSP.msp_obs_create)
+    same(CMSPHeader.msp_obs_free, MSP.msp_obs_free)
+    same(CMSPHeader.msp_obs_prune, MSP.msp_obs_prune)
 }

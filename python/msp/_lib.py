@@ -223,6 +223,24 @@ _DECLARATIONS = [
     ("msp_cost_table_energy", _STATUS, (c_void_p, c_int32, c_int64, c_int64, _p_level, c_int64, c_int32, c_void_p, c_void_p, c_double, c_void_p)),
     # msp_status msp_cost_table_reconstruction(const void *weights, msp_dtype dtype, int64_t rows, int64_t cols, const msp_level *levels, int64_t num_levels, int32_t scope, const float *col_scale, const float *gram, double *costs_out);
     ("msp_cost_table_reconstruction", _STATUS, (c_void_p, c_int32, c_int64, c_int64, _p_level, c_int64, c_int32, c_void_p, c_void_p, c_void_p)),
+    # msp_status msp_gram_create(const int64_t *cols, int64_t num_layers, msp_gram **out);
+    ("msp_gram_create", _STATUS, (c_void_p, c_int64, _p_handle)),
+    # void msp_gram_free(msp_gram *gram);
+    ("msp_gram_free", None, (c_void_p,)),
+    # msp_status msp_gram_add(msp_gram *gram, int64_t layer, const void *x, msp_dtype dtype, int64_t tokens, int64_t cols);
+    ("msp_gram_add", _STATUS, (c_void_p, c_int64, c_void_p, c_int32, c_int64, c_int64)),
+    # msp_status msp_gram_tokens(const msp_gram *gram, int64_t layer, int64_t *out);
+    ("msp_gram_tokens", _STATUS, (c_void_p, c_int64, _p_int64)),
+    # msp_status msp_gram_get(const msp_gram *gram, int64_t layer, float *out);
+    ("msp_gram_get", _STATUS, (c_void_p, c_int64, c_void_p)),
+    # msp_status msp_gram_reset(msp_gram *gram);
+    ("msp_gram_reset", _STATUS, (c_void_p,)),
+    # msp_status msp_obs_create(const float *gram, int64_t cols, double damp, msp_obs **out);
+    ("msp_obs_create", _STATUS, (c_void_p, c_int64, c_double, _p_handle)),
+    # void msp_obs_free(msp_obs *obs);
+    ("msp_obs_free", None, (c_void_p,)),
+    # msp_status msp_obs_prune(const msp_obs *obs, void *weights, msp_dtype dtype, int64_t rows, int64_t cols, const msp_level *level, int64_t block, uint8_t *keep_out);
+    ("msp_obs_prune", _STATUS, (c_void_p, c_void_p, c_int32, c_int64, c_int64, _p_level, c_int64, c_void_p)),
 ]
 
 

@@ -95,6 +95,17 @@ def _error_names():
         msp.plan([1, 1], 0.9, ratio_levels([0.0, 0.5]), method="uniform")
 
 
+def _sparsegpt_names():
+    acc = msp.GramAccumulator([2])
+    acc.add(0, np.array([[1, 2], [3, -1]], np.float32))
+    assert acc.gram(0).tolist() == [[10, -1], [-1, 5]] and acc.tokens(0) == 2
+    # H = [[2, 1], [1, 2]]: pruning w0 = 1 moves w1 by -w0 * H_10 / H_11 = -0.5 (the OBS update).
+    with msp.OBS(np.array([[2, 1], [1, 2]], np.float32), damp=0) as obs:
+        w = np.array([[1, 3]], np.float32)
+        assert obs.prune_(w, "1:2").tolist() == [[False, True]]
+        assert w[0, 0] == 0 and abs(w[0, 1] - 3.5) < 1e-6
+
+
 def _version_names():
     assert msp.ABI_VERSION == msp._lib.lib.msp_abi_version()
     assert re.fullmatch(r"\d+\.\d+\.\d+", msp.version()) and msp.__version__ == msp.version()
@@ -112,6 +123,7 @@ MSP_NAMES = {
     "Plan": _planning_names, "Problem": _planning_names, "Search": _planning_names,
     "SearchSettings": _planning_names, "plan": _planning_names, "cost_table": _planning_names,
     "PackedNM": _packed_names, "nm_pack": _packed_names, "nm_linear": _packed_names,
+    "GramAccumulator": _sparsegpt_names, "OBS": _sparsegpt_names,
 }
 
 
@@ -320,6 +332,19 @@ def _readme_packed(block, capsys):
     assert torch.allclose(y.double(), exact, rtol=2**-8, atol=1e-6 * float(exact.abs().max()))
     assert torch.equal(msp.nm_linear(x, namespace["stored"]).view(torch.int16), y.view(torch.int16))
     assert printed.strip() == f"{64 * 64 * 2 + 64 * 32} bytes instead of {64 * 256 * 2}"
+def _readme_sparsegpt(block, capsys):
+    from sparsegpt_reference import fasterprune
+
+    namespace, _ = _run_readme_block(block, {}, capsys)
+    rng = np.random.default_rng(1)  # the block's data, made again
+    x = rng.standard_normal((4, 128, 64), dtype=np.float32).reshape(-1, 64).astype(np.float64)
+    dense_w = rng.standard_normal((32, 64), dtype=np.float32)
+    H = namespace["acc"].gram(0)
+    d = np.sqrt(np.diag(x.T @ x))
+    assert (np.abs(H - x.T @ x) <= 1e-5 * np.outer(d, d)).all() and namespace["acc"].tokens(0) == 512
+    ref_w, ref_keep = fasterprune(torch.from_numpy(dense_w).double(), torch.from_numpy(H).double(), n=2, m=8)
+    assert np.array_equal(namespace["keep"], ref_keep.numpy())
+    assert np.abs(namespace["w"] - ref_w.numpy()).max() <= 1e-4 * np.abs(dense_w).max()
 
 
 README_RUNNERS = {  # a line only that block has -> the test that runs it
@@ -330,6 +355,7 @@ README_RUNNERS = {  # a line only that block has -> the test that runs it
     "model = nn.Sequential(": _readme_any_module,
     "while candidates := search.ask():": _readme_search,
     "stored = msp.PackedNM(": _readme_packed,
+    "acc = msp.GramAccumulator([64])": _readme_sparsegpt,
 }
 
 
