@@ -68,7 +68,6 @@ def save_compressed(model: nn.Module, path: str | os.PathLike) -> None:
 
     Raises:
         ImportError: safetensors is not installed.
-        ValueError: a state key that collides with a packed layer's ``.shape``/``.level`` entries.
     """
     safetensors = _safetensors()
     tensors: dict[str, torch.Tensor] = {}
@@ -79,8 +78,6 @@ def save_compressed(model: nn.Module, path: str | os.PathLike) -> None:
     aliases: dict[str, str] = {}
     seen: dict[tuple, str] = {}
     for key, tensor in model.state_dict().items():
-        if key in tensors:
-            raise ValueError(f"the model's state has a key {key!r}, which the file keeps for a packed layer")
         tensor = tensor.detach()
         first = seen.setdefault(_identity(tensor), key)
         if first != key:
