@@ -341,6 +341,30 @@ def _readme_packed(block, capsys):
     assert torch.allclose(y.double(), exact, rtol=2**-8, atol=1e-6 * float(exact.abs().max()))
     assert torch.equal(msp.nm_linear(x, namespace["stored"]).view(torch.int16), y.view(torch.int16))
     assert printed.strip() == f"{64 * 64 * 2 + 64 * 32} bytes instead of {64 * 256 * 2}"
+def _readme_compressed_model(block, capsys):
+    from msp.torch import PackedLinear
+    from torch_models import BlockLM
+
+    model, token_ids = BlockLM(seed=5), _token_ids(4)
+    reference = BlockLM(seed=5).double()  # the masked dense model, pruned here with the reference mask
+    with torch.no_grad():
+        for module in (m for m in reference.modules() if isinstance(m, torch.nn.Linear) and m is not reference.lm_head):
+            w = module.weight
+            w.mul_(torch.from_numpy(ref_nm_keep(np.abs(w.float().numpy()), 2, 8)))
+        exact = reference(token_ids).logits
+    namespace, _ = _run_readme_block(block, {"model": model, "make_model": lambda: BlockLM(seed=6),
+                                             "token_ids": token_ids}, capsys)
+    names = [f"layers.{b}.{n}" for b in range(2) for n in ("up", "down", "mix")]
+    assert all(isinstance(model.get_submodule(n), PackedLinear) and str(model.get_submodule(n).level) == "2:8"
+               for n in names)
+    logits = namespace["logits"]
+    assert float((logits.double() - exact).abs().max()) <= 1e-5 * float(exact.abs().max())
+    loaded = namespace["loaded"]
+    assert all(isinstance(loaded.get_submodule(n), PackedLinear) for n in names)
+    with torch.no_grad():
+        assert torch.equal(loaded(token_ids).logits.view(torch.int32), logits.view(torch.int32))
+
+
 def _readme_sparsegpt(block, capsys):
     from sparsegpt_reference import fasterprune
 
@@ -365,6 +389,7 @@ README_RUNNERS = {  # a line only that block has -> the test that runs it
     "while candidates := search.ask():": _readme_search,
     "stored = msp.PackedNM(": _readme_packed,
     "acc = msp.GramAccumulator([64])": _readme_sparsegpt,
+    "loaded = load_compressed(make_model,": _readme_compressed_model,
 }
 
 

@@ -74,7 +74,7 @@ def test_the_file_layout(saved):
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
     stored = load_file(str(path))
-    assert metadata["format"] == "msp.packed_nm" and metadata["version"] == "1"
+    assert metadata["format"] == "msp-packed-nm" and metadata["version"] == "1"
     assert json.loads(metadata["aliases"]) == {"lm_head.weight": "embed.weight"}  # tied: stored once
     packed = {name: m for name, m in model.named_modules() if isinstance(m, PackedLinear)}
     dense_keys = {k for k in model.state_dict() if k != "lm_head.weight" and k.rsplit(".", 1)[0] not in packed}

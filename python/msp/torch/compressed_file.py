@@ -16,7 +16,7 @@ every ``PackedLinear`` stored as its state plus two small tensors, for the modul
 - ``NAME.bias``: as in ``nn.Linear``, when the layer has one.
 
 Tensors that share memory (tied embeddings) are stored once; the file's metadata holds
-``"format": "msp.packed_nm"``, ``"version": "1"`` and ``"aliases"``, a JSON object mapping each
+``"format": "msp-packed-nm"``, ``"version": "1"`` and ``"aliases"``, a JSON object mapping each
 left-out key to the stored key it shares. Loading checks the header and that every tensor's bytes
 match its dtype and shape (safetensors), the format and version, each packed layer's arrays (shape,
 level, dtypes and sizes) and its index (by the library, row by row), and that the file's keys and
@@ -39,7 +39,7 @@ from .packed_linear import PackedLinear
 
 __all__ = ["save_compressed", "load_compressed", "FORMAT", "FORMAT_VERSION"]
 
-FORMAT = "msp.packed_nm"
+FORMAT = "msp-packed-nm"
 """The ``format`` entry of a compressed model file's metadata."""
 
 FORMAT_VERSION = "1"
