@@ -9,8 +9,8 @@ What is compared, all with the same Wanda-pruned weights:
 
 - dense: the unpruned model in float32 and in bfloat16 (the faster of the two is the bar);
 - masked dense: the pruned model as a dense float32 model (zeros stored and multiplied);
-- compressed: the pruned model after ``compress``, its kept values in bfloat16 (``PackedLinear``
-  ``.to(torch.bfloat16)``), activations in float32 (the kernel widens the values exactly, so it
+- compressed: the pruned model after ``compress``, its kept values in bfloat16 (the
+  ``PackedLinear`` buffers ``values``), activations in float32 (the kernel widens the values exactly, so it
   computes the masked dense model with bfloat16-rounded weights within float32 rounding). Planned
   8:8 layers, the embedding and the tied output head stay dense float32.
 
@@ -55,7 +55,7 @@ def make_models(model, plan, norms) -> Models:
     compressed = compress(copy.deepcopy(masked), plan)
     for module in compressed.modules():
         if isinstance(module, PackedLinear):
-            module.to(torch.bfloat16)
+            module.values = module.values.bfloat16()  # the kept values only; biases stay float32
     rounded = copy.deepcopy(masked)
     with torch.no_grad():
         for name, module in linear_layers(rounded).items():
