@@ -409,13 +409,28 @@ msp_status msp_solve_additive(const msp_problem *problem, const double *costs, i
 /* ---------------------------------------------------------------------------------------------
  * Planning: evolutionary search
  *
- * Individuals are plans. The search first evaluates a small grid of prior plans (strengths x
- * normalisations, uniform included), seeds its population from the best one and budget-preserving
- * mutations of it, then evolves: each generation draws `offspring` new plans from the `survivors`
- * best so far by crossover (uniform per group, budget repaired) and mutation (one group moves
- * `step` levels sparser and others denser until the budget holds again), never proposing a plan
- * evaluated before. Lower fitness is better. Given the seed and the fitness values, the sequence of
- * candidates is deterministic.
+ * Individuals are plans. Generation 0 evaluates a small grid of prior plans (strengths x
+ * normalisations, uniform included) and the exact optimum of every proxy cost table added with
+ * msp_search_add_proxy. Each later generation proposes `offspring` plans never proposed before:
+ *
+ *   - Surrogate (surrogate_candidates of them, 0 = off): an additive model of fitness,
+ *     fitness ~ c + sum_j a_j * proxy_j(plan) + sum_g w[g][level_g], is fitted to every plan
+ *     evaluated at full fidelity so far (ridge regression: each correction w is pulled toward 0 with
+ *     the weight of surrogate_ridge evaluations, so the model leans on the proxy tables where the
+ *     data say little; values that are +inf are left out), and the exact solver (as in
+ *     msp_solve_additive) proposes the plan minimising it under the budget. The second and later
+ *     surrogate candidates of a generation minimise the model plus Gaussian noise of standard
+ *     deviation surrogate_exploration * tau * sqrt(ridge / (ridge + n)) per (group, level), where n
+ *     counts the evaluations of that choice and tau^2 is the variance of the values per movable
+ *     group (a Thompson-style draw). A plan proposed before is replaced by another draw.
+ *   - Breeding (the rest): a parent from the `survivors` best so far by tournament, crossover with
+ *     a second parent (uniform per group) at crossover_rate, mutation (one group a level up or down,
+ *     more at mutation_rate; at pair_rate each move is paired with the opposite move of the group
+ *     that best cancels its change of the average sparsity, so the budget usually holds without
+ *     repair), then a budget repair that moves other groups against any excess.
+ *
+ * Lower fitness is better. Given the seed, the proxy tables and the fitness values, the sequence of
+ * candidates is deterministic (and does not depend on the thread count).
  *
  * Multi-fidelity (fidelity_levels > 1): each generation's offspring are first scored at fidelity 0
  * (the cheapest), the best `fidelity_keep` fraction of them again at fidelity 1, and so on; only
@@ -439,6 +454,15 @@ typedef struct msp_search_params {
     int32_t patience;            /* stop after this many generations without improvement; 0 = never */
     int32_t fidelity_levels;     /* >= 1 (default 1: single fidelity) */
     double fidelity_keep;        /* in (0, 1]: fraction promoted to the next fidelity (default 0.25) */
+    /* Appended with the surrogate (sizeof(msp_search_params) is 112 on LP64 since then): */
+    int32_t surrogate_candidates; /* in [0, 2^20]: offspring per generation proposed by the surrogate;
+                                     at most `offspring` are used; 0 = off (default 2) */
+    double surrogate_ridge;       /* finite, > 0: evaluations' worth of weight pulling each (group,
+                                     level) correction toward the proxies (default 1) */
+    double surrogate_exploration; /* finite, >= 0: scale of the perturbation of the surrogate for its
+                                     second and later candidates (default 1) */
+    double pair_rate;             /* in [0, 1]: chance a mutation move is paired with the opposite,
+                                     budget-cancelling move of another group (default 1) */
 } msp_search_params;
 
 /* The default search settings. */
@@ -463,6 +487,26 @@ msp_status msp_search_create(const msp_problem *problem, const double *sensitivi
 
 /* Releases a search. Accepts NULL. */
 void msp_search_free(msp_search *search);
+
+/* The most proxy tables one search holds. */
+#define MSP_SEARCH_MAX_PROXIES 8
+
+/*
+ * Adds a proxy cost table (e.g. msp_cost_table_energy or _reconstruction of every layer): the
+ * exact optimum of the table under the budget (as msp_solve_additive finds it) joins generation 0
+ * after the prior plans unless it is one of them, and the surrogate is regularised toward the
+ * table (see above). Call it before the first msp_search_ask; at most MSP_SEARCH_MAX_PROXIES
+ * tables.
+ *
+ *   costs   num_layers x num_levels finite values, row-major, as for msp_solve_additive (copied);
+ *           only their relative sizes matter: the surrogate fits each table's scale.
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL, a non-finite cost, or group sums that overflow);
+ * MSP_ERR_INVALID_STATE (after the first ask, or MSP_SEARCH_MAX_PROXIES tables already added);
+ * MSP_ERR_INFEASIBLE (the solver's rare miss described at msp_solve_additive); MSP_ERR_OUT_OF_MEMORY.
+ * The search is unchanged on error.
+ */
+msp_status msp_search_add_proxy(msp_search *search, const double *costs);
 
 /* The most candidates one msp_search_ask can return (size plans_out for it). */
 int64_t msp_search_max_batch(const msp_search *search);
@@ -526,6 +570,50 @@ typedef int32_t (*msp_progress_fn)(const msp_search_progress *progress, void *us
  * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL search or fitness); MSP_ERR_CANCELLED.
  */
 msp_status msp_search_run(msp_search *search, msp_fitness_fn fitness, msp_progress_fn progress, void *user_data);
+
+/*
+ * Checkpoints. A search's complete state (problem, settings, sensitivities, proxy tables, random
+ * generator, population, every plan proposed and evaluated, the batch pending if any) saves to
+ * bytes; a search loaded from them continues bit-identically to the one saved: the same batches,
+ * given the same fitness values. Save between any two calls (with or without a batch pending, also
+ * from the callbacks of msp_search_run); a pending batch is asked again after loading. The bytes
+ * depend only on the state; they hold about (plans proposed + plans evaluated) x groups bytes plus
+ * 8 per evaluation.
+ *
+ * Format (version 1): the magic bytes "MSPSRCH\0", the format version (uint32_t), the payload length
+ * (uint64_t), the payload, then the FNV-1a 64-bit hash of every preceding byte (uint64_t); all
+ * little-endian. The payload's fields are listed at Search.checkpoint() in the Swift sources.
+ */
+
+/* The size in bytes of the search's checkpoint now. Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL);
+ * MSP_ERR_OUT_OF_MEMORY. */
+msp_status msp_search_save_size(const msp_search *search, int64_t *size_out);
+
+/*
+ * Writes the search's checkpoint into buffer[0 .. *size_out - 1].
+ *
+ *   buffer     capacity bytes (size it with msp_search_save_size).
+ *   size_out   receives the number of bytes written.
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL, capacity smaller than the checkpoint: nothing is
+ * written); MSP_ERR_OUT_OF_MEMORY.
+ */
+msp_status msp_search_save(const msp_search *search, void *buffer, int64_t capacity, int64_t *size_out);
+
+/*
+ * Creates a search from checkpoint bytes (copied; the buffer may be freed afterwards). Everything
+ * read is checked: magic, version, length and checksum, then every count against the bytes left (a
+ * corrupted count never causes a large allocation), the problem and settings as msp_problem_* and
+ * msp_search_create check them, every value's range, and every plan's feasibility.
+ *
+ *   data, size  the bytes msp_search_save wrote (size >= 0).
+ *   out         receives the handle; release it with msp_search_free.
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT for NULL or for truncated, corrupted, foreign or
+ * inconsistent data (the message says what is wrong); MSP_ERR_OUT_OF_MEMORY. *out is unchanged on
+ * error.
+ */
+msp_status msp_search_load(const void *data, int64_t size, msp_search **out);
 
 /* ---------------------------------------------------------------------------------------------
  * Planning: proxy costs from the weights

@@ -380,6 +380,10 @@ _SEARCH_SETTINGS: dict[str, tuple[Callable[[Any, str], Any], str]] = {
     "patience": (_int32, "patience"),
     "fidelity_levels": (_int32, "fidelity_levels"),
     "fidelity_keep": (real, "fidelity_keep"),
+    "surrogate_candidates": (_int32, "surrogate_candidates"),
+    "surrogate_ridge": (real, "surrogate_ridge"),
+    "surrogate_exploration": (real, "surrogate_exploration"),
+    "pair_rate": (real, "pair_rate"),
 }
 """The search settings of :class:`Search` and :func:`plan` other than the seed."""
 
@@ -461,6 +465,10 @@ class Search(NativeHandle):
         patience: int = 0,
         fidelity_levels: int = 1,
         fidelity_keep: float = 0.25,
+        surrogate_candidates: int = 2,
+        surrogate_ridge: float = 1.0,
+        surrogate_exploration: float = 1.0,
+        pair_rate: float = 1.0,
     ) -> None:
         super().__init__()
         self._running = False
@@ -767,6 +775,10 @@ def plan(
     fidelity_keep: float = 0.25,
     mutation_rate: float = 0.5,
     crossover_rate: float = 0.5,
+    surrogate_candidates: int = 2,
+    surrogate_ridge: float = 1.0,
+    surrogate_exploration: float = 1.0,
+    pair_rate: float = 1.0,
     progress: bool = True,
 ) -> Plan:
     """Choose one level per layer so that the parameter-weighted average sparsity is within
