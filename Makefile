@@ -11,7 +11,7 @@ RELEASE_FLAGS := -c release -Xswiftc -static-stdlib $(CPU_FLAGS)
 LIB := .build/release/libmsp.so
 export MSP_LIBRARY_PATH := $(CURDIR)/$(LIB)
 
-.PHONY: all deps lib test test-swift test-abi test-c test-python demo bench fuzz sanitize clean
+.PHONY: all deps lib test test-swift test-abi test-c test-python demo bench search-bench fuzz sanitize clean
 
 all: lib
 
@@ -40,6 +40,10 @@ demo: deps lib
 
 bench: deps lib
 	$(PYTHON) examples/bench.py
+
+# The search-quality record on synthetic problems with a known optimum (old vs new settings).
+search-bench: lib
+	$(PYTHON) examples/search_bench.py
 
 # libFuzzer targets in Tests/Fuzz against an ASan + coverage build (.build-fuzz), FUZZ_SECONDS each.
 FUZZ_SECONDS ?= 60

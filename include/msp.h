@@ -508,7 +508,8 @@ void msp_search_free(msp_search *search);
  */
 msp_status msp_search_add_proxy(msp_search *search, const double *costs);
 
-/* The most candidates one msp_search_ask can return (size plans_out for it). */
+/* The most candidates one msp_search_ask can return (size plans_out for it): the larger of
+ * `offspring` and 8 + MSP_SEARCH_MAX_PROXIES (generation 0), 0 for NULL. */
 int64_t msp_search_max_batch(const msp_search *search);
 
 /*

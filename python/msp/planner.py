@@ -31,16 +31,18 @@ import inspect
 import math
 import numbers
 import operator
+import os
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from . import _checkpoint
 from ._buffers import _torch_of
 from ._convert import INT32_MAX, INT64_MAX, flag, integer, ranged, real
 from ._handle import NativeHandle
 from ._lib import lib, msp_fitness_fn, msp_progress_fn, msp_search_params, msp_search_progress
-from .errors import InvalidStateError, MSPCancelled
+from .errors import InvalidArgumentError, InvalidStateError, MSPCancelled
 from .levels import Level, as_level_set, level_array
 from .plan import Plan, _LevelTable
 
@@ -401,6 +403,29 @@ def _search_params(seed: Any, given: dict[str, Any]) -> tuple[msp_search_params,
     return params, settings
 
 
+def _proxy_tables(proxy_costs: Any, problem: Problem) -> list[np.ndarray]:
+    """The proxy cost tables as ``[num_layers, num_levels]`` float64 arrays: None gives none; one
+    table, or a sequence (or 3-D array) of tables."""
+    if proxy_costs is None:
+        return []
+    shape = (problem.num_layers, len(problem.level_set))
+    torch = _torch_of(proxy_costs)
+    if torch is not None:
+        proxy_costs = proxy_costs.detach().to(device="cpu", dtype=torch.float64).numpy()
+    if isinstance(proxy_costs, np.ndarray) and proxy_costs.ndim == 3:
+        items = list(proxy_costs)
+    elif isinstance(proxy_costs, (list, tuple)) and proxy_costs and np.ndim(proxy_costs[0]) == 2:
+        items = list(proxy_costs)
+    else:
+        items = [proxy_costs]
+    return [_float_array(table, shape, f"proxy_costs[{i}]") for i, table in enumerate(items)]
+
+
+def _checkpoint_float(value: float) -> Any:
+    """A float for JSON: +inf as the string "inf"."""
+    return value if math.isfinite(value) else str(value)
+
+
 class Search(NativeHandle):
     """The evolutionary search as an ask/tell object (``msp_search`` in ``msp.h``).
 
@@ -425,7 +450,8 @@ class Search(NativeHandle):
         sensitivity: one finite value >= 0 per layer (Fisher traces); None = all ones.
         seed: random seed (an integer in [0, 2^64)).
         generations, offspring, survivors, mutation_rate, crossover_rate, prior_strength,
-        per_parameter, prior_grid, max_evaluations, patience, fidelity_levels, fidelity_keep:
+        per_parameter, prior_grid, max_evaluations, patience, fidelity_levels, fidelity_keep,
+        surrogate_candidates, surrogate_ridge, surrogate_exploration, pair_rate, proxy_costs:
             the search settings of :func:`msp.plan`.
 
     Attributes:
@@ -440,6 +466,7 @@ class Search(NativeHandle):
 
     _free = staticmethod(lib.msp_search_free)
     _name = "the search"
+    _running = False
 
     def __init__(
         self,
@@ -469,35 +496,132 @@ class Search(NativeHandle):
         surrogate_ridge: float = 1.0,
         surrogate_exploration: float = 1.0,
         pair_rate: float = 1.0,
+        proxy_costs: Any = None,
     ) -> None:
         super().__init__()
+        params, settings = _search_params(seed, locals())
+        with Problem(
+            sizes, target, levels, groups=groups, min_level=min_level, max_level=max_level, tolerance=tolerance
+        ) as problem:
+            values = problem._sensitivity(sensitivity)
+            tables = _proxy_tables(proxy_costs, problem)
+            handle = ctypes.c_void_p()
+            lib.msp_search_create(problem._ptr(), values.ctypes.data, ctypes.byref(params), ctypes.byref(handle))
+        self._handle = handle.value
+        try:
+            for table in tables:
+                lib.msp_search_add_proxy(self._handle, table.ctypes.data)
+        except BaseException:
+            self.close()
+            raise
+        settings = {**problem.settings(), **settings, "proxy_tables": len(tables)}
+        self._adopt(problem.sizes, problem.level_set, problem.target, int(params.seed), settings, [], -1, 0)
+
+    def _adopt(self, sizes, level_set, target, seed, settings, history, generation, fidelity) -> None:
+        """Set up the Python side around the native handle in ``self._handle``."""
         self._running = False
         self._error: BaseException | None = None
         self._nan = False
         self._callbacks: tuple | None = None
         self._evaluate: Callable[[np.ndarray, int], float] | None = None
         self._bar: _ProgressBar | None = None
-        self._history: list[float] = []
-        self._generation = -1
-        self.fidelity = 0
-        params, settings = _search_params(seed, locals())
-        with Problem(
-            sizes, target, levels, groups=groups, min_level=min_level, max_level=max_level, tolerance=tolerance
-        ) as problem:
-            values = problem._sensitivity(sensitivity)
-            handle = ctypes.c_void_p()
-            lib.msp_search_create(problem._ptr(), values.ctypes.data, ctypes.byref(params), ctypes.byref(handle))
-        self._handle = handle.value
-        self._sizes = problem.sizes
-        self._level_set = problem.level_set
-        self._target = problem.target
-        self._seed = int(params.seed)
+        self._history: list[float] = list(history)
+        self._generation = generation
+        self.fidelity = fidelity
+        self._sizes = list(sizes)
+        self._level_set = list(level_set)
+        self._target = target
+        self._seed = seed
         self._generations = settings["generations"]
-        self._settings = {**problem.settings(), **settings}
+        self._settings = settings
         self._num_layers = len(self._sizes)
         self._table = _LevelTable(self._level_set, self._sizes)
         self._max_batch = int(lib.msp_search_max_batch(self._handle))
         self._buffer = np.zeros(max(1, self._max_batch) * self._num_layers, dtype=np.int32)
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the whole search to ``path`` (replaced atomically: a crash leaves the old file or
+        the new one). :meth:`load` gives a search that continues exactly as this one would: the
+        same candidates, given the same values told. Save between any two calls, with or without a
+        batch pending (a pending batch is asked again after loading), also from inside
+        :meth:`run`'s fitness function. The file holds about (plans proposed + plans evaluated) x
+        layers bytes; see ``msp._checkpoint`` for its format.
+
+        Raises:
+            OSError: the file cannot be written.
+            msp.InvalidStateError: the search is closed.
+        """
+        with self._lock:
+            handle = NativeHandle._ptr(self)  # read-only: allowed inside run() too
+            size = ctypes.c_int64()
+            lib.msp_search_save_size(handle, ctypes.byref(size))
+            native = ctypes.create_string_buffer(size.value)
+            lib.msp_search_save(handle, native, size.value, ctypes.byref(size))
+            meta = {
+                "sizes": self._sizes,
+                "levels": [level.to_json() for level in self._level_set],
+                "target": self._target,
+                "seed": self._seed,
+                "settings": self._settings,
+                "history": [_checkpoint_float(v) for v in self._history],
+                "generation": self._generation,
+                "fidelity": self.fidelity,
+            }
+            data = _checkpoint.pack(meta, native.raw[: size.value])
+        _checkpoint.write_atomically(path, data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Search":
+        """The search saved at ``path`` by :meth:`save`, ready to continue (``ask``, ``tell``,
+        ``run``, ``best``). Everything read is checked (the file's SHA-256, then the library checks
+        the native state field by field).
+
+        Raises:
+            OSError: the file cannot be read.
+            msp.InvalidArgumentError: not a search file, or a truncated, corrupted or foreign one
+                (the message says what is wrong).
+        """
+        name = os.fspath(path)
+        with open(name, "rb") as file:
+            meta, native = _checkpoint.unpack(file.read(), name)
+        field = _checkpoint.field
+        try:
+            table = _LevelTable(
+                [Level.from_json(level) for level in field(meta, "levels", list, name)], field(meta, "sizes", list, name)
+            )
+        except (TypeError, ValueError, KeyError) as error:
+            raise InvalidArgumentError(f"{name} is not a valid msp search file: {error}") from None
+        settings = field(meta, "settings", dict, name)
+        field(settings, "generations", int, name)
+        history = []
+        for value in field(meta, "history", list, name):
+            if value != "inf" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise InvalidArgumentError(f"{name} is not a valid msp search file: its history holds {value!r}")
+            history.append(float(value))
+        search = cls.__new__(cls)
+        NativeHandle.__init__(search)
+        handle = ctypes.c_void_p()
+        buffer = ctypes.create_string_buffer(native, len(native))
+        lib.msp_search_load(buffer, len(native), ctypes.byref(handle))
+        search._handle = handle.value
+        try:
+            generation = field(meta, "generation", int, name)
+            search._adopt(
+                table.sizes, table.level_set, field(meta, "target", (int, float), name), field(meta, "seed", int, name),
+                settings, history, generation, field(meta, "fidelity", int, name),
+            )
+            progress = search._progress(search._handle)
+            if progress.generation != generation or len(history) != generation + 1:
+                raise InvalidArgumentError(
+                    f"{name} is not a valid msp search file: its JSON (generation {generation}) does not describe "
+                    f"its native state (generation {progress.generation})"
+                )
+        except BaseException:
+            search.close()
+            raise
+        return search
 
     # --- handle ownership -------------------------------------------------------------------------
 
@@ -779,6 +903,7 @@ def plan(
     surrogate_ridge: float = 1.0,
     surrogate_exploration: float = 1.0,
     pair_rate: float = 1.0,
+    proxy_costs: Any = None,
     progress: bool = True,
 ) -> Plan:
     """Choose one level per layer so that the parameter-weighted average sparsity is within
@@ -807,10 +932,15 @@ def plan(
             by "exact"; the fitness of "search" when ``fitness`` is None.
         tolerance: allowed distance of the average sparsity from ``target``, in [0, 0.5].
         generations, offspring, survivors, mutation_rate, crossover_rate, seed, prior_grid,
-            max_evaluations, patience, fidelity_levels, fidelity_keep: search settings (see
+            max_evaluations, patience, fidelity_levels, fidelity_keep, surrogate_candidates,
+            surrogate_ridge, surrogate_exploration, pair_rate: search settings (see
             ``msp_search_params`` in ``msp.h``).
         prior_strength, per_parameter: the prior's spread and normalisation ("prior"; and
             "search" with ``prior_grid=False``).
+        proxy_costs: "search" only: None, one ``[num_layers, num_levels]`` table of additive costs
+            that should track the fitness (e.g. ``msp.cost_table`` of every layer), or a sequence of
+            them (at most 8). Each table's exact optimum joins the first generation, and the
+            search's surrogate leans on them where its evaluations say little.
         progress: show a progress bar during a search (tqdm when installed, else stderr).
 
     Returns:
@@ -834,7 +964,8 @@ def plan(
             raise ValueError("method='search' needs a fitness function (or a cost_table for an additive fitness)")
         settings = {name: given[name] for name in _SEARCH_SETTINGS}
         with Search(
-            sizes, target, levels, sensitivity, groups, min_level, max_level, tolerance, seed, **settings
+            sizes, target, levels, sensitivity, groups, min_level, max_level, tolerance, seed, **settings,
+            proxy_costs=proxy_costs,
         ) as search:
             if fitness is not None:
                 return search.run(fitness, progress=flag(progress, "progress"))
