@@ -15,15 +15,17 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
         ),
-        // Thread-local error text for the C ABI.
+        // C helpers of the C ABI: thread-local error text, and the version string built from the header.
         .target(name: "CMSPSupport"),
-        // `include/msp.h` as a module: the C ABI target implements exactly these declarations.
+        // `include/msp.h` as a module: the C ABI target implements exactly these declarations. The
+        // header is also the single source of the limit and version macros (MSP_MAX_M, ...), so the
+        // core depends on it for those constants only (header-only: nothing is linked).
         .systemLibrary(name: "CMSPHeader"),
         // Software prefetch hints for the streaming kernels (header-only).
         .systemLibrary(name: "CMSPPrefetch"),
-        .target(name: "MSPCore", dependencies: ["CMSPBLAS", "CMSPPrefetch"]),
+        .target(name: "MSPCore", dependencies: ["CMSPBLAS", "CMSPPrefetch", "CMSPHeader"]),
         .target(name: "MSP", dependencies: ["MSPCore", "CMSPSupport", "CMSPHeader"]),
-        .testTarget(name: "MSPCoreTests", dependencies: ["MSPCore"]),
+        .testTarget(name: "MSPCoreTests", dependencies: ["MSPCore", "CMSPHeader"]),
         .testTarget(name: "MSPTests", dependencies: ["MSP", "MSPCore", "CMSPHeader"]),
     ],
     swiftLanguageModes: [.v6]

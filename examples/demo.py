@@ -55,11 +55,11 @@ class Config:
     generations: int
     offspring: int
     survivors: int
-    methods: tuple[str, ...]
+    pruners: tuple[str, ...]
 
 
-FULL = Config(16, 128, 2, 128, 16, 128, generations=10, offspring=8, survivors=4, methods=("magnitude", "wanda"))
-QUICK = Config(4, 128, 1, 128, 4, 128, generations=2, offspring=4, survivors=2, methods=("magnitude", "wanda"))
+FULL = Config(16, 128, 2, 128, 16, 128, generations=10, offspring=8, survivors=4, pruners=("magnitude", "wanda"))
+QUICK = Config(4, 128, 1, 128, 4, 128, generations=2, offspring=4, survivors=2, pruners=("magnitude", "wanda"))
 
 SETTINGS = (  # (key, column title, target, level set maker)
     ("unstructured", "70% unstructured", 0.70, "ratio"),
@@ -222,11 +222,11 @@ def main(argv=None) -> int:
         perplexity, model, evaluation)
     reference, _ = clock.run("dense reference for the fitness", reference_logits, model, fitness_batches)
 
-    results = {}  # (method, setting, plan kind) -> dict
+    results = {}  # (criterion, setting, plan kind) -> dict
     fitness_seconds: list[float] = []
     apply_seconds: list[float] = []
-    for method in config.methods:
-        pruner = Pruner(layers, method, norms if method == "wanda" else None)
+    for criterion in config.pruners:
+        pruner = Pruner(layers, criterion, norms if criterion == "wanda" else None)
 
         def fitness(plan):
             t0 = time.perf_counter()
@@ -240,7 +240,7 @@ def main(argv=None) -> int:
         for key, title, target, kind in SETTINGS:
             levels = level_set(kind)
             for plan_kind in ("uniform", "prior", "search"):
-                stage = f"{method} {title} {plan_kind}"
+                stage = f"{criterion} {title} {plan_kind}"
                 t0 = time.perf_counter()
                 if plan_kind == "search":
                     log(f"{stage}: {config.generations} generations x {config.offspring} offspring ...")
@@ -257,8 +257,8 @@ def main(argv=None) -> int:
                 clock.stages.append((f"{stage}: plan", plan_seconds))
                 clock.stages.append((f"{stage}: held-out perplexity", eval_seconds))
                 log(f"{stage}: perplexity {ppl:.2f} (plan {plan_seconds:.1f} s, evaluation {eval_seconds:.1f} s)")
-                results[(method, key, plan_kind)] = dict(plan=plan, ppl=ppl, seconds=plan_seconds)
-                plan.save(out / f"plan_{method}_{key}_{plan_kind}.json")
+                results[(criterion, key, plan_kind)] = dict(plan=plan, ppl=ppl, seconds=plan_seconds)
+                plan.save(out / f"plan_{criterion}_{key}_{plan_kind}.json")
         pruner.restore()
         pruner.close()
 
@@ -292,20 +292,20 @@ def table(config, dense_ppl, results, clock, total, threads, fitness_seconds, ap
         f"{'':<10} {'':<13} " + " ".join(f"{'perplexity':>12}{'plan time':>12}" for _ in SETTINGS),
         f"{'dense':<10} {'-':<13} " + " ".join(f"{dense_ppl:>12.2f}{'':>12}" for _ in SETTINGS),
     ]
-    for method in config.methods:
+    for criterion in config.pruners:
         for kind, label in kinds.items():
             cells = []
             for key, _, _, _ in SETTINGS:
-                r = results[(method, key, kind)]
+                r = results[(criterion, key, kind)]
                 cells.append(f"{r['ppl']:>12.2f}{r['seconds']:>11.1f}s")
-            lines.append(f"{method:<10} {label:<13} " + " ".join(cells))
+            lines.append(f"{criterion:<10} {label:<13} " + " ".join(cells))
     lines.append("")
-    for method in config.methods:
+    for criterion in config.pruners:
         for key, title, _, _ in SETTINGS:
-            u, s = results[(method, key, "uniform")]["ppl"], results[(method, key, "search")]["ppl"]
-            p = results[(method, key, "prior")]["ppl"]
-            plan = results[(method, key, "search")]["plan"]
-            lines.append(f"{method} {title}: searched / uniform = {s / u:.2f}, prior / uniform = {p / u:.2f} "
+            u, s = results[(criterion, key, "uniform")]["ppl"], results[(criterion, key, "search")]["ppl"]
+            p = results[(criterion, key, "prior")]["ppl"]
+            plan = results[(criterion, key, "search")]["plan"]
+            lines.append(f"{criterion} {title}: searched / uniform = {s / u:.2f}, prior / uniform = {p / u:.2f} "
                          f"({plan.evaluations} fitness evaluations)")
     lines.append("")
     apply_ms = sorted(1e3 * a for a in apply_seconds) or [0.0]
@@ -341,7 +341,7 @@ def plots(out: Path, names, sensitivity, results, config) -> None:
     axes[0].set_title("SmolLM2-135M: per-layer Fisher trace and planned sparsity (Wanda)")
     for ax, (key, title, target, _) in zip(axes[1:], SETTINGS):
         for kind, style in (("uniform", ":"), ("prior", "--"), ("search", "-")):
-            plan = results[("wanda", key, kind)]["plan"] if "wanda" in config.methods else None
+            plan = results[("wanda", key, kind)]["plan"] if "wanda" in config.pruners else None
             if plan is not None:
                 ax.step(x, [100 * s for s in plan.sparsity], style, where="mid", label=kind, linewidth=1.2)
         ax.set_ylabel(f"sparsity %\n{title}")
@@ -355,10 +355,10 @@ def plots(out: Path, names, sensitivity, results, config) -> None:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in config.methods:
+    for criterion in config.pruners:
         for key, title, _, _ in SETTINGS:
-            history = results[(method, key, "search")]["plan"].history
-            ax.plot(range(len(history)), history, marker="o", markersize=3, label=f"{method}, {title}")
+            history = results[(criterion, key, "search")]["plan"].history
+            ax.plot(range(len(history)), history, marker="o", markersize=3, label=f"{criterion}, {title}")
     ax.set_yscale("log")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("generation (0 = grid of Fisher priors)")

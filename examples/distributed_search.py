@@ -64,9 +64,8 @@ class Job:
             every rank calls it and must get the same model and batches (seed everything).
         target: average sparsity.
         levels: the level set (any form ``msp.plan`` takes; default ``msp.nm_levels(8)``).
-        method: ``"wanda"`` or ``"magnitude"``.
-        search: settings for the search (``generations``, ``offspring``, ``survivors``, ...).
-        seed: search seed.
+        pruner: the pruning criterion, ``"wanda"`` or ``"magnitude"``.
+        settings: the search settings (generations, offspring, seed, ...).
         threads: torch and msp threads per process (1 keeps the forward passes bit-reproducible
             across processes and spreads the cores over the ranks).
     """
@@ -74,9 +73,8 @@ class Job:
     setup: Callable[[], tuple[Any, list, list]]
     target: float = 0.75
     levels: Any = None
-    method: str = "wanda"
-    search: dict = field(default_factory=dict)
-    seed: int = 0
+    pruner: str = "wanda"
+    settings: msp.SearchSettings = field(default_factory=msp.SearchSettings)
     threads: int = 1
 
 
@@ -96,14 +94,14 @@ class _Problem:
         if statistics:
             traces = fisher_traces(self.model, self.layers, calibration, progress=False)
             self.traces = [traces[n] for n in self.layers]
-            if job.method == "wanda":
+            if job.pruner == "wanda":
                 self.norms = activation_norms(self.model, self.layers, calibration)
         self.job = job
         self.pruner: Pruner | None = None
         self.reference = None
 
     def start(self, norms) -> None:
-        self.pruner = Pruner(self.layers, self.job.method, norms)
+        self.pruner = Pruner(self.layers, self.job.pruner, norms)
         self.reference = reference_logits(self.model, self.batches)
 
     def fitness(self, plan) -> float:
@@ -111,7 +109,7 @@ class _Problem:
         return kl_to_dense(self.model, self.batches, self.reference)
 
     def search_kwargs(self) -> dict:
-        return dict(sensitivity=self.traces, seed=self.job.seed, **self.job.search)
+        return dict(sensitivity=self.traces, settings=self.job.settings)
 
 
 def single_process(job: Job, progress: bool = False) -> "msp.Plan":
@@ -286,8 +284,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compare", action="store_true", help="also run the single-process search and compare")
     args = parser.parse_args(argv)
-    job = Job(setup=toy_setup if args.toy else smollm2_setup, target=0.75, method="wanda",
-              search=dict(generations=args.generations, offspring=args.offspring), seed=args.seed)
+    job = Job(setup=toy_setup if args.toy else smollm2_setup, target=0.75, pruner="wanda",
+              settings=msp.SearchSettings(generations=args.generations, offspring=args.offspring, seed=args.seed))
     t0 = time.perf_counter()
     if args.world_size == 1:
         plan = single_process(job, progress=True)

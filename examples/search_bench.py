@@ -16,6 +16,9 @@ Run by `make search-bench` (never by `make test`). Problems, one per seed 0, 1, 
   on every evaluation (a fixed sequence per instance). The search sees the noisy values; the plan it
   returns is scored without noise, relative to the noise-free value of the additive part's exact
   optimum (so the gap may be negative).
+- proxied: the interacting problem, and the search is also given a proxy table (as
+  `msp.torch` gives the Fisher-weighted energy): the true table times lognormal(0, 0.3) noise per
+  entry. The old settings cannot use it (they predate proxy tables).
 
 The budgets are prefixes of one run per instance and setting (a run capped at B evaluations asks
 exactly the first B plans of a longer run with the same seed). `--old-8000` also runs the issue's
@@ -57,24 +60,28 @@ def true_fitness(kind: str, costs: np.ndarray, levels) -> float:
     """The noise-free fitness of a plan (level index per layer)."""
     picked = costs[np.arange(len(costs)), levels]
     value = float(picked.sum())
-    if kind == "interacting":
+    if kind != "separable":
         value += 0.3 * float((picked[:-1] * picked[1:]).sum()) / float(costs.mean())
     return value
 
 
-def run(kind: str, seed: int, budget: int, settings: dict, target: float = 0.75) -> tuple[list[float], float]:
-    """One search: the best true fitness after each evaluation, and the exact additive optimum's."""
+def run(kind: str, seed: int, budget: int, settings: dict, proxy: bool = True,
+        target: float = 0.75) -> tuple[list[float], float]:
+    """One search: the best true fitness after each evaluation, and the exact additive optimum's.
+    ``proxy``: give the proxied problem's proxy table to the search."""
     sizes, costs = instance(seed)
     optimum = msp.plan(sizes, target, LEVELS, method="exact", cost_table=costs)
     noise = np.random.default_rng(10_000 + seed)
     options = {"generations": 100_000, "max_evaluations": budget, **settings}
+    if kind == "proxied" and proxy:
+        options["proxy_costs"] = costs * np.random.default_rng(20_000 + seed).lognormal(0.0, 0.3, costs.shape)
     best_seen, best_true, trace = np.inf, np.inf, []
     with msp.Search(sizes, target, LEVELS, sensitivity=costs[:, -1], seed=seed, **options) as search:
         while candidates := search.ask():
             values = []
             for candidate in candidates:
                 exact = true_fitness(kind, costs, candidate.levels)
-                seen = exact * float(np.exp(0.02 * noise.standard_normal())) if kind == "interacting" else exact
+                seen = exact * float(np.exp(0.02 * noise.standard_normal())) if kind != "separable" else exact
                 if seen < best_seen:  # the plan the search reports is the one it saw as best
                     best_seen, best_true = seen, exact
                 trace.append(best_true)
@@ -94,8 +101,9 @@ def parse_settings(pairs: list[str]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description="msp search quality on synthetic problems with a known optimum")
     parser.add_argument("--instances", type=int, default=30)
+    parser.add_argument("--first-seed", type=int, default=0, help="instance seeds first-seed, first-seed + 1, ...")
     parser.add_argument("--budgets", default="80,160,500,1000,2000", help="evaluation budgets, comma-separated")
-    parser.add_argument("--kinds", default="separable,interacting")
+    parser.add_argument("--kinds", default="separable,interacting,proxied")
     parser.add_argument("--new", action="append", default=[], metavar="NAME=VALUE", help="override a new setting")
     parser.add_argument("--old", action="append", default=[], metavar="NAME=VALUE", help="override an old setting")
     parser.add_argument("--old-8000", action="store_true", help="also the old settings at 500 x 16 evaluations")
@@ -111,13 +119,14 @@ def main() -> int:
         if args.old_8000:
             runs.append(("old 500x16", [8000], {**configs["old"], "offspring": 16, "generations": 500}))
         for name, marks, settings in runs:
+            proxy = not name.startswith("old")
             start = time.perf_counter()
             gaps = {b: [] for b in marks}
-            for seed in range(args.instances):
+            for seed in range(args.first_seed, args.first_seed + args.instances):
                 options = dict(settings)
                 generations = options.pop("generations", None)
                 trace, optimum = run(kind, seed, max(marks), options if generations is None
-                                     else {**options, "generations": generations, "max_evaluations": 0})
+                                     else {**options, "generations": generations, "max_evaluations": 0}, proxy)
                 for b in marks:
                     gaps[b].append((trace[min(b, len(trace)) - 1] - optimum) / optimum)
             elapsed = time.perf_counter() - start

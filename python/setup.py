@@ -11,9 +11,13 @@
 
 Set ``MSP_SKIP_LIBRARY_BUILD=1`` to package an existing ``.build/release/libmsp.so`` without
 running ``make``.
+
+The package's version is ``MSP_VERSION_MAJOR.MINOR.PATCH`` of ``include/msp.h``, the only place the
+version is written; an sdist ships a copy of the header for it.
 """
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,6 +34,21 @@ except ImportError:  # setuptools < 70.1
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 LIBRARY = Path("msp") / "lib" / "libmsp.so"
+HEADER = Path("include") / "msp.h"
+
+
+def header() -> Path:
+    """Path of msp.h: the copy an sdist ships, else the repository's."""
+    for path in (HERE / HEADER, REPO / HEADER):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"msp.h not found at {HERE / HEADER} or {REPO / HEADER}")
+
+
+def header_version() -> str:
+    """``MAJOR.MINOR.PATCH`` from the version macros of msp.h."""
+    parts = dict(re.findall(r"^#define MSP_VERSION_(MAJOR|MINOR|PATCH) (\d+)$", header().read_text(), re.M))
+    return f"{parts['MAJOR']}.{parts['MINOR']}.{parts['PATCH']}"
 
 
 def built_library() -> Path:
@@ -65,13 +84,14 @@ class BuildPy(build_py):
 
 
 class Sdist(sdist):
-    """sdist that ships a freshly built libmsp.so."""
+    """sdist that ships a freshly built libmsp.so, and msp.h for the version."""
 
     def make_release_tree(self, base_dir, files):
         super().make_release_tree(base_dir, files)
-        target = Path(base_dir) / LIBRARY
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(built_library(), target)
+        for source, name in ((built_library(), LIBRARY), (header(), HEADER)):
+            target = Path(base_dir) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
 
 
 class BinaryDistribution(Distribution):
@@ -89,4 +109,4 @@ class BdistWheel(bdist_wheel):
         return "py3", "none", platform
 
 
-setup(distclass=BinaryDistribution, cmdclass={"build_py": BuildPy, "sdist": Sdist, "bdist_wheel": BdistWheel})
+setup(version=header_version(), distclass=BinaryDistribution, cmdclass={"build_py": BuildPy, "sdist": Sdist, "bdist_wheel": BdistWheel})

@@ -22,10 +22,7 @@ private struct CostArguments {
         _ = try required(levels, "levels")
         shape = try matrix(rows: rows, cols: cols, dtype: dtype)
         self.levels = try levelSet(levels, numLevels)
-        guard let scope = TopKScope(rawValue: scope) else {
-            throw MSPError.invalidArgument("scope (\(scope)) is not MSP_SCOPE_ROW or MSP_SCOPE_LAYER")
-        }
-        self.scope = scope
+        self.scope = try topKScope(scope)
         let cols = shape.cols
         self.colScale = colScale.map { UnsafeBufferPointer(start: $0, count: cols) }
         costs = UnsafeMutableBufferPointer(start: costsOut, count: self.levels.count)

@@ -35,15 +35,14 @@ public func msp_fisher_create(
         }
         let layerSizes = UnsafeBufferPointer(start: sizes, count: count).lazy.map { Int($0) }
         let accumulator = try FisherAccumulator(sizes: layerSizes)
-        out.pointee = OpaquePointer(Unmanaged.passRetained(accumulator).toOpaque())
+        out.pointee = retained(accumulator)
     }
 }
 
 /// Releases a Fisher accumulator; NULL is a no-op.
 @_cdecl("msp_fisher_free")
 public func msp_fisher_free(_ fisher: OpaquePointer?) {
-    guard let fisher else { return }
-    Unmanaged<FisherAccumulator>.fromOpaque(UnsafeRawPointer(fisher)).release()
+    release(fisher, as: FisherAccumulator.self)
 }
 
 /// Adds scale * sum(grad^2) of a gradient chunk to one layer; see `include/msp.h`.
@@ -53,7 +52,7 @@ public func msp_fisher_add(
     _ count: Int64, _ scale: Double
 ) -> msp_status {
     boundary {
-        let accumulator = try fisherHandle(fisher)
+        let accumulator: FisherAccumulator = try handle(fisher, "fisher")
         guard let layer = Int(exactly: layer), accumulator.size(ofLayer: layer) != nil else {
             throw MSPError.invalidArgument("layer (\(layer)) must be in [0, \(accumulator.layerCount))")
         }
@@ -67,7 +66,10 @@ public func msp_fisher_add(
 /// Closes the current calibration sample; see `include/msp.h`.
 @_cdecl("msp_fisher_end_sample")
 public func msp_fisher_end_sample(_ fisher: OpaquePointer?) -> msp_status {
-    boundary { try fisherHandle(fisher).endSample() }
+    boundary {
+        let accumulator: FisherAccumulator = try handle(fisher, "fisher")
+        accumulator.endSample()
+    }
 }
 
 /// The number of closed samples; see `include/msp.h`.
@@ -76,7 +78,7 @@ public func msp_fisher_num_samples(_ fisher: OpaquePointer?, _ out: UnsafeMutabl
     -> msp_status
 {
     boundary {
-        let accumulator = try fisherHandle(fisher)
+        let accumulator: FisherAccumulator = try handle(fisher, "fisher")
         let out = try required(out, "out")
         out.pointee = Int64(accumulator.sampleCount)
     }
@@ -88,7 +90,7 @@ public func msp_fisher_traces(
     _ fisher: OpaquePointer?, _ per_parameter: Int32, _ out: UnsafeMutablePointer<Double>?
 ) -> msp_status {
     boundary {
-        let accumulator = try fisherHandle(fisher)
+        let accumulator: FisherAccumulator = try handle(fisher, "fisher")
         let out = try required(out, "out")
         try accumulator.traces(
             perParameter: per_parameter != 0,
@@ -99,7 +101,10 @@ public func msp_fisher_traces(
 /// Clears all sums and the sample count; see `include/msp.h`.
 @_cdecl("msp_fisher_reset")
 public func msp_fisher_reset(_ fisher: OpaquePointer?) -> msp_status {
-    boundary { try fisherHandle(fisher).reset() }
+    boundary {
+        let accumulator: FisherAccumulator = try handle(fisher, "fisher")
+        accumulator.reset()
+    }
 }
 
 /// Accumulates the diagonal Fisher element-wise into a float32 buffer; see `include/msp.h`.
@@ -118,11 +123,4 @@ public func msp_fisher_add_diagonal(
         }
         try FisherAccumulator.addDiagonal(grad, type: type, count: count, to: diag, scale: scale)
     }
-}
-
-/// The accumulator behind a handle from `msp_fisher_create`, borrowed for the call.
-/// - Throws: `MSPError.invalidArgument` "fisher is NULL".
-private func fisherHandle(_ fisher: OpaquePointer?) throws -> FisherAccumulator {
-    let fisher = try required(fisher, "fisher")
-    return Unmanaged<FisherAccumulator>.fromOpaque(UnsafeRawPointer(fisher)).takeUnretainedValue()
 }

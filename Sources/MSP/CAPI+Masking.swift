@@ -45,11 +45,8 @@ public func msp_topk_prune(
     boundary {
         let weights = try required(weights, "weights")
         let shape = try matrix(rows: rows, cols: cols, dtype: dtype)
-        guard let scope = TopKScope(rawValue: scope) else {
-            throw MSPError.invalidArgument("scope (\(scope)) is not MSP_SCOPE_ROW or MSP_SCOPE_LAYER")
-        }
         try TopKPrune.prune(
-            weights: weights, shape, sparsity: sparsity, scope: scope,
+            weights: weights, shape, sparsity: sparsity, scope: try topKScope(scope),
             colScale: col_scale.map { UnsafeBufferPointer(start: $0, count: shape.cols) },
             keepMask: keep_mask_out)
     }

@@ -3,22 +3,11 @@
 import CMSPHeader
 import MSPCore
 
-/// The object behind an `msp_problem *`.
+/// The object behind an `msp_problem *`: a box, since the setters change the problem in place.
 final class ProblemHandle {
+    /// The problem, replaced by each successful setter.
     var problem: Problem
     init(_ problem: Problem) { self.problem = problem }
-}
-
-/// The problem behind a handle argument.
-/// - Throws: `MSPError.invalidArgument` for NULL.
-func problemHandle(_ pointer: OpaquePointer?, _ name: String = "problem") throws -> ProblemHandle {
-    Unmanaged<ProblemHandle>.fromOpaque(UnsafeRawPointer(try required(pointer, name))).takeUnretainedValue()
-}
-
-/// Copies `count` values from a C array.
-/// - Throws: `MSPError.invalidArgument` for NULL.
-func array<T>(_ pointer: UnsafePointer<T>?, _ count: Int, _ name: String) throws -> [T] {
-    Array(UnsafeBufferPointer(start: try required(pointer, name), count: count))
 }
 
 /// Per-layer plan indices as C `int32_t`s.
@@ -34,29 +23,28 @@ public func msp_problem_create(
 ) -> msp_status {
     boundary {
         let out = try required(out, "out")
-        guard num_layers > 0, num_layers <= Int64(Int32.max) else {
-            throw MSPError.invalidArgument("num_layers (\(num_layers)) must be in [1, 2^31)")
+        guard num_layers > 0, num_layers <= Int64(MSP_MAX_LAYERS) else {
+            throw MSPError.invalidArgument("num_layers (\(num_layers)) must be in [1, \(MSP_MAX_LAYERS)]")
         }
         let sizes = try array(sizes, Int(num_layers), "sizes").map { Int($0) }
         let problem = try Problem(sizes: sizes, levels: try levelSet(levels, num_levels))
-        out.pointee = OpaquePointer(Unmanaged.passRetained(ProblemHandle(problem)).toOpaque())
+        out.pointee = retained(ProblemHandle(problem))
     }
 }
 
 /// Releases a problem; accepts NULL.
 @_cdecl("msp_problem_free")
 public func msp_problem_free(_ problem: OpaquePointer?) {
-    guard let problem else { return }
-    Unmanaged<ProblemHandle>.fromOpaque(UnsafeRawPointer(problem)).release()
+    release(problem, as: ProblemHandle.self)
 }
 
 /// Sets groups; see `include/msp.h`.
 @_cdecl("msp_problem_set_groups")
 public func msp_problem_set_groups(_ problem: OpaquePointer?, _ groups: UnsafePointer<Int64>?) -> msp_status {
     boundary {
-        let handle = try problemHandle(problem)
-        let count = handle.problem.layerCount
-        try handle.problem.setGroups(groups.map { g in (0..<count).map { Int(g[$0]) } })
+        let box: ProblemHandle = try handle(problem, "problem")
+        let count = box.problem.layerCount
+        try box.problem.setGroups(groups.map { g in (0..<count).map { Int(g[$0]) } })
     }
 }
 
@@ -66,9 +54,9 @@ public func msp_problem_set_bounds(
     _ problem: OpaquePointer?, _ min_level: UnsafePointer<Int32>?, _ max_level: UnsafePointer<Int32>?
 ) -> msp_status {
     boundary {
-        let handle = try problemHandle(problem)
-        let count = handle.problem.layerCount
-        try handle.problem.setBounds(
+        let box: ProblemHandle = try handle(problem, "problem")
+        let count = box.problem.layerCount
+        try box.problem.setBounds(
             min: min_level.map { p in (0..<count).map { Int(p[$0]) } },
             max: max_level.map { p in (0..<count).map { Int(p[$0]) } })
     }
@@ -77,7 +65,10 @@ public func msp_problem_set_bounds(
 /// Sets the budget; see `include/msp.h`.
 @_cdecl("msp_problem_set_target")
 public func msp_problem_set_target(_ problem: OpaquePointer?, _ target: Double, _ tolerance: Double) -> msp_status {
-    boundary { try problemHandle(problem).problem.setTarget(target, tolerance: tolerance) }
+    boundary {
+        let box: ProblemHandle = try handle(problem, "problem")
+        try box.problem.setTarget(target, tolerance: tolerance)
+    }
 }
 
 /// The reachable range of average sparsity; see `include/msp.h`.
@@ -86,7 +77,7 @@ public func msp_problem_range(
     _ problem: OpaquePointer?, _ min_sparsity: UnsafeMutablePointer<Double>?, _ max_sparsity: UnsafeMutablePointer<Double>?
 ) -> msp_status {
     boundary {
-        let range = try problemHandle(problem).problem.range
+        let range = try (handle(problem, "problem") as ProblemHandle).problem.range
         let lo = try required(min_sparsity, "min_sparsity"), hi = try required(max_sparsity, "max_sparsity")
         lo.pointee = range.lowerBound
         hi.pointee = range.upperBound
@@ -99,7 +90,7 @@ public func msp_problem_check_plan(
     _ problem: OpaquePointer?, _ plan: UnsafePointer<Int32>?, _ average_out: UnsafeMutablePointer<Double>?
 ) -> msp_status {
     boundary {
-        let problem = try problemHandle(problem).problem
+        let problem = try (handle(problem, "problem") as ProblemHandle).problem
         let out = try required(average_out, "average_out")
         let units = try problem.unitPlan(try array(plan, problem.layerCount, "plan").map { Int($0) })
         let average = problem.average(units)
@@ -127,7 +118,7 @@ public func msp_prior_plan(
     _ plan_out: UnsafeMutablePointer<Int32>?
 ) -> msp_status {
     boundary {
-        let problem = try problemHandle(problem).problem
+        let problem = try (handle(problem, "problem") as ProblemHandle).problem
         let out = try required(plan_out, "plan_out")
         let sensitivity = try array(sensitivity, problem.layerCount, "sensitivity")
         let c = try checkedParams(params, "params") ?? msp_prior_params_default()
@@ -144,7 +135,7 @@ public func msp_solve_additive(
     _ total_out: UnsafeMutablePointer<Double>?
 ) -> msp_status {
     boundary {
-        let problem = try problemHandle(problem).problem
+        let problem = try (handle(problem, "problem") as ProblemHandle).problem
         let out = try required(plan_out, "plan_out")
         let layerCosts = try array(costs, problem.layerCount * problem.levels.count, "costs")
         if let bad = layerCosts.firstIndex(where: { !$0.isFinite }) {
@@ -159,18 +150,18 @@ public func msp_solve_additive(
 
 /// Converts a C level array into a `LevelSet`: n = m = 0 is an unstructured level, otherwise an
 /// N:M level whose sparsity must equal 1 - n/m.
-/// - Throws: `MSPError.invalidArgument` for NULL, a count outside [1, 256], an inconsistent level
+/// - Throws: `MSPError.invalidArgument` for NULL, a count outside [1, `MSP_MAX_LEVELS`], an inconsistent level
 ///   or sparsities that do not strictly increase.
 func levelSet(_ levels: UnsafePointer<msp_level>?, _ count: Int64) throws -> LevelSet {
-    guard count >= 1, count <= 256 else {
-        throw MSPError.invalidArgument("num_levels (\(count)) must be in [1, 256]")
+    guard count >= 1, count <= Int64(MSP_MAX_LEVELS) else {
+        throw MSPError.invalidArgument("num_levels (\(count)) must be in [1, \(MSP_MAX_LEVELS)]")
     }
     let raw = try array(levels, Int(count), "levels")
     return try LevelSet(
         raw.enumerated().map { k, level in
             if level.n == 0 && level.m == 0 { return try Level(sparsity: level.sparsity) }
             let nm = try Level(n: Int(level.n), m: Int(level.m))
-            guard abs(nm.sparsity - level.sparsity) <= 1e-12 else {
+            guard abs(nm.sparsity - level.sparsity) <= MSP_LEVEL_SPARSITY_TOLERANCE else {
                 throw MSPError.invalidArgument(
                     "levels[\(k)]: sparsity \(level.sparsity) differs from 1 - n/m for \(level.n):\(level.m)")
             }

@@ -3,12 +3,6 @@
 import CMSPHeader
 import MSPCore
 
-/// The search behind a handle argument.
-/// - Throws: `MSPError.invalidArgument` for NULL.
-func searchHandle(_ pointer: OpaquePointer?) throws -> Search {
-    Unmanaged<Search>.fromOpaque(UnsafeRawPointer(try required(pointer, "search"))).takeUnretainedValue()
-}
-
 /// The default search settings.
 @_cdecl("msp_search_params_default")
 public func msp_search_params_default() -> msp_search_params {
@@ -30,7 +24,7 @@ public func msp_search_create(
     _ out: UnsafeMutablePointer<OpaquePointer?>?
 ) -> msp_status {
     boundary {
-        let problem = try problemHandle(problem).problem
+        let problem = try (handle(problem, "problem") as ProblemHandle).problem
         let out = try required(out, "out")
         let sensitivity = try array(sensitivity, problem.layerCount, "sensitivity")
         let c = try checkedParams(params, "params") ?? msp_search_params_default()
@@ -55,7 +49,7 @@ public func msp_search_create(
         p.surrogateExploration = c.surrogate_exploration
         p.pairRate = c.pair_rate
         let search = try Search(problem: problem, sensitivity: sensitivity, params: p)
-        out.pointee = OpaquePointer(Unmanaged.passRetained(search).toOpaque())
+        out.pointee = retained(search)
     }
 }
 
@@ -63,7 +57,7 @@ public func msp_search_create(
 @_cdecl("msp_search_add_proxy")
 public func msp_search_add_proxy(_ search: OpaquePointer?, _ costs: UnsafePointer<Double>?) -> msp_status {
     boundary {
-        let search = try searchHandle(search)
+        let search: Search = try handle(search, "search")
         let problem = search.problem
         let (count, overflow) = problem.layerCount.multipliedReportingOverflow(by: problem.levels.count)
         guard !overflow else { throw MSPError.invalidArgument("num_layers * num_levels overflows") }
@@ -74,14 +68,14 @@ public func msp_search_add_proxy(_ search: OpaquePointer?, _ costs: UnsafePointe
 /// Releases a search; accepts NULL.
 @_cdecl("msp_search_free")
 public func msp_search_free(_ search: OpaquePointer?) {
-    guard let search else { return }
-    Unmanaged<Search>.fromOpaque(UnsafeRawPointer(search)).release()
+    release(search, as: Search.self)
 }
 
 /// The most candidates one ask returns (0 for NULL).
 @_cdecl("msp_search_max_batch")
 public func msp_search_max_batch(_ search: OpaquePointer?) -> Int64 {
-    (try? searchHandle(search)).map { Int64($0.maxBatch) } ?? 0
+    guard let search: Search = try? handle(search, "search") else { return 0 }
+    return Int64(search.maxBatch)
 }
 
 /// Proposes candidates; see `include/msp.h`.
@@ -91,7 +85,7 @@ public func msp_search_ask(
     _ count_out: UnsafeMutablePointer<Int64>?, _ fidelity_out: UnsafeMutablePointer<Int32>?
 ) -> msp_status {
     boundary {
-        let search = try searchHandle(search)
+        let search: Search = try handle(search, "search")
         let plans = try required(plans_out, "plans_out")
         let count = try required(count_out, "count_out")
         let fidelity = try required(fidelity_out, "fidelity_out")
@@ -113,7 +107,7 @@ public func msp_search_ask(
 @_cdecl("msp_search_tell")
 public func msp_search_tell(_ search: OpaquePointer?, _ fitness: UnsafePointer<Double>?, _ count: Int64) -> msp_status {
     boundary {
-        let search = try searchHandle(search)
+        let search: Search = try handle(search, "search")
         guard count >= 0, count <= Int64(search.maxBatch) else {
             throw MSPError.invalidState("tell got \(count) values; batches hold at most \(search.maxBatch)")
         }
@@ -127,7 +121,7 @@ public func msp_search_best(
     _ search: OpaquePointer?, _ plan_out: UnsafeMutablePointer<Int32>?, _ fitness_out: UnsafeMutablePointer<Double>?
 ) -> msp_status {
     boundary {
-        let search = try searchHandle(search)
+        let search: Search = try handle(search, "search")
         let plan = try required(plan_out, "plan_out")
         let fitness = try required(fitness_out, "fitness_out")
         guard let best = search.best else { throw MSPError.invalidState("no plan has been evaluated yet") }
@@ -149,7 +143,7 @@ public func msp_search_get_progress(
     _ search: OpaquePointer?, _ out: UnsafeMutablePointer<msp_search_progress>?
 ) -> msp_status {
     boundary {
-        let search = try searchHandle(search)
+        let search: Search = try handle(search, "search")
         try required(out, "out").pointee = progress(of: search)
     }
 }
@@ -161,7 +155,7 @@ public func msp_search_run(
     _ user_data: UnsafeMutableRawPointer?
 ) -> msp_status {
     boundary {
-        let search = try searchHandle(search)
+        let search: Search = try handle(search, "search")
         let fitness = try required(fitness, "fitness")
         let layers = search.problem.layerCount
         var plan = [Int32](repeating: 0, count: layers)

@@ -7,7 +7,7 @@ import MSPCore
 @_cdecl("msp_search_save_size")
 public func msp_search_save_size(_ search: OpaquePointer?, _ size_out: UnsafeMutablePointer<Int64>?) -> msp_status {
     boundary {
-        let search = try searchHandle(search)
+        let search: Search = try handle(search, "search")
         let out = try required(size_out, "size_out")
         out.pointee = Int64(search.checkpoint().count)
     }
@@ -20,7 +20,7 @@ public func msp_search_save(
     _ size_out: UnsafeMutablePointer<Int64>?
 ) -> msp_status {
     boundary {
-        let search = try searchHandle(search)
+        let search: Search = try handle(search, "search")
         let buffer = try required(buffer, "buffer")
         let out = try required(size_out, "size_out")
         let bytes = search.checkpoint()
@@ -47,6 +47,6 @@ public func msp_search_load(
             throw MSPError.invalidArgument("size (\(size)) must be >= 0")
         }
         let search = try Search(checkpoint: UnsafeRawBufferPointer(start: data, count: count))
-        out.pointee = OpaquePointer(Unmanaged.passRetained(search).toOpaque())
+        out.pointee = retained(search)
     }
 }

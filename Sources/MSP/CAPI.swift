@@ -34,6 +34,46 @@ func required<P>(_ pointer: P?, _ name: String) throws -> P {
     return pointer
 }
 
+/// The object behind a handle argument (`msp_problem *`, `msp_search *`, `msp_fisher *`, ...),
+/// borrowed for the call: the caller's handle keeps its reference.
+/// - Parameters:
+///   - pointer: a handle made by `retained(_:)` for an object of type `T`, or NULL.
+///   - name: the argument's name in the message.
+/// - Throws: `MSPError.invalidArgument` "`name` is NULL".
+func handle<T: AnyObject>(_ pointer: OpaquePointer?, _ name: String) throws -> T {
+    Unmanaged<T>.fromOpaque(UnsafeRawPointer(try required(pointer, name))).takeUnretainedValue()
+}
+
+/// A new handle owning one reference to `object`, for a `*_create` function's out-parameter;
+/// `release(_:as:)` gives the reference back.
+func retained<T: AnyObject>(_ object: T) -> OpaquePointer {
+    OpaquePointer(Unmanaged.passRetained(object).toOpaque())
+}
+
+/// Gives back the reference a handle from `retained(_:)` owns (a `*_free` function); NULL is a no-op.
+/// - Parameters:
+///   - pointer: the handle, or NULL.
+///   - type: the type of the object the handle was made for.
+func release<T: AnyObject>(_ pointer: OpaquePointer?, as type: T.Type) {
+    guard let pointer else { return }
+    Unmanaged<T>.fromOpaque(UnsafeRawPointer(pointer)).release()
+}
+
+/// Copies `count` values from a C array.
+/// - Throws: `MSPError.invalidArgument` "`name` is NULL".
+func array<T>(_ pointer: UnsafePointer<T>?, _ count: Int, _ name: String) throws -> [T] {
+    Array(UnsafeBufferPointer(start: try required(pointer, name), count: count))
+}
+
+/// Converts a scope argument.
+/// - Throws: `MSPError.invalidArgument` for a value that is not an `MSP_SCOPE_*` constant.
+func topKScope(_ scope: Int32) throws -> TopKScope {
+    guard let value = TopKScope(rawValue: scope) else {
+        throw MSPError.invalidArgument("scope (\(scope)) is not MSP_SCOPE_ROW or MSP_SCOPE_LAYER")
+    }
+    return value
+}
+
 /// Converts a dtype argument.
 /// - Throws: `MSPError.invalidArgument` for a value that is not an `MSP_DTYPE_*` constant.
 func elementType(_ dtype: msp_dtype) throws -> ElementType {

@@ -1,18 +1,24 @@
 // AdditiveSolver: the feasible plan minimising a sum of per-(unit, level) costs, by dynamic
 // programming over a discretised budget (a multiple-choice knapsack).
 
+import CMSPHeader
+
 /// Exact solver for additive costs.
 ///
 /// The budget above the lowest reachable average is discretised into cells of width
 /// delta = tolerance / units when that fits a work limit, else as fine as the limit allows (at most
-/// 2^21 cells). Each cell keeps its cheapest partial plan and that plan's exact budget; the answer
+/// `maxCells` cells). Each cell keeps its cheapest partial plan and that plan's exact budget; the answer
 /// is the cheapest final cell whose exact average meets the tolerance, so the plan always meets it.
 /// It is optimal for the discretised budgets (see `msp_solve_additive` for the rare miss).
 public enum AdditiveSolver {
-    /// Most dynamic-programming steps (cells x levels x units) spent on one solve.
-    static let workLimit = 1 << 27
-    /// Most budget cells.
-    static let maxCells = 1 << 21
+    /// Most dynamic-programming steps (cells x levels x units) spent on one solve, `MSP_SOLVE_MAX_STEPS`.
+    static let workLimit = Int(MSP_SOLVE_MAX_STEPS)
+    /// Most budget cells, `MSP_SOLVE_MAX_CELLS`.
+    static let maxCells = Int(MSP_SOLVE_MAX_CELLS)
+
+    /// Cells relaxed per block of `Table.relaxBlocked`: the block's sources and its shifted targets
+    /// stay in cache across the levels.
+    static let relaxBlock = 2048
 
     /// Solves for per-unit costs.
     /// - Parameters:
@@ -29,125 +35,185 @@ public enum AdditiveSolver {
         if let bad = costs.firstIndex(where: { !$0.isFinite }) {
             throw MSPError.invalidArgument("costs[\(bad / levels)][\(bad % levels)] (\(costs[bad])) is not finite")
         }
-        let total = Double(problem.totalSize)
-        let bounds = problem.unitBounds
-        // Budget of unit u at its i-th allowed level above its lowest level, as a fraction of all
-        // parameters, and that level's cost.
-        let extras = (0..<units).map { u in
-            bounds[u].map { k in
-                Double(problem.unitSizes[u])
-                    * (problem.levels.sparsity(k) - problem.levels.sparsity(bounds[u].lowerBound)) / total
+        let grid = Grid(problem, unitCosts: costs)
+        return try withScratch(Double.self, 4 * grid.width) { rows in
+            try withScratch(UInt8.self, units * grid.width) { choices in
+                var table = Table(rows: rows, choices: choices, width: grid.width)
+                for (u, options) in grid.options.enumerated() { table.add(options, unit: u) }
+                guard let best = table.cheapestCell(meeting: problem) else {
+                    let r = problem.range
+                    throw MSPError.infeasible(
+                        "no plan meets target \(problem.target) ± \(problem.tolerance): plans within the bounds reach [\(r.lowerBound), \(r.upperBound)] but the levels are too coarse to land within the tolerance; widen it"
+                    )
+                }
+                return (table.plan(endingAt: best, grid), table.cost[best])
             }
-        }
-        let unitCosts = (0..<units).map { u in bounds[u].map { costs[u * levels + $0] } }
-        let base = problem.range.lowerBound
-        let span = extras.reduce(0.0) { $0 + ($1.last ?? 0) }
-        let widest = bounds.map(\.count).max() ?? 1
-        // Clamped in Double: a tiny tolerance would overflow the conversion to Int.
-        let byTolerance =
-            problem.tolerance > 0
-            ? Int(min(Double(maxCells), (span * Double(units) / problem.tolerance).rounded(.up))) : maxCells
-        let cells = max(1, min(byTolerance, maxCells, workLimit / max(1, units * widest)))
-        // delta stays normal and steps stay within the grid even for sparsities a few ulps apart.
-        let delta = max(span / Double(cells), .leastNormalMagnitude)
-        let width = cells + units + 1
-        let steps = extras.map { $0.map { Int(min(Double(cells), ($0 / delta).rounded())) } }
-
-        var cost = [Double](repeating: .infinity, count: width)
-        var exact = [Double](repeating: 0, count: width)
-        var nextCost = cost, nextExact = exact
-        cost[0] = 0
-        var reach = 0  // highest cell reached so far
-        return try withScratch(UInt8.self, units * width) { choice in
-            for u in 0..<units {
-                let last = steps[u].last ?? 0
-                let top = min(width - 1, reach + last)
-                steps[u].withUnsafeBufferPointer { step in
-                extras[u].withUnsafeBufferPointer { extra in
-                unitCosts[u].withUnsafeBufferPointer { unitCost in
-                cost.withUnsafeBufferPointer { cost in
-                exact.withUnsafeBufferPointer { exact in
-                nextCost.withUnsafeMutableBufferPointer { nextCost in
-                nextExact.withUnsafeMutableBufferPointer { nextExact in
-                    let row = choice + u * width
-                    for c in 0...top { nextCost[c] = .infinity }
-                    if reach + last <= width - 1 {
-                        relaxBlocked(
-                            reach: reach, step: step, extra: extra, unitCost: unitCost, cost: cost, exact: exact,
-                            nextCost: nextCost, nextExact: nextExact, row: row)
-                    } else {
-                        relaxClamped(
-                            reach: reach, width: width, step: step, extra: extra, unitCost: unitCost, cost: cost,
-                            exact: exact, nextCost: nextCost, nextExact: nextExact, row: row)
-                    }
-                }}}}}}}
-                swap(&cost, &nextCost)
-                swap(&exact, &nextExact)
-                reach = top
-            }
-            var best = -1
-            for c in 0...reach where cost[c] < .infinity && problem.meetsBudget(base + exact[c]) {
-                if best < 0 || cost[c] < cost[best] { best = c }
-            }
-            guard best >= 0 else {
-                let r = problem.range
-                throw MSPError.infeasible(
-                    "no plan meets target \(problem.target) ± \(problem.tolerance): plans within the bounds reach [\(r.lowerBound), \(r.upperBound)] but the levels are too coarse to land within the tolerance; widen it"
-                )
-            }
-            var plan = [Int](repeating: 0, count: units)
-            var c = best
-            for u in stride(from: units - 1, through: 0, by: -1) {
-                let i = Int(choice[u * width + c])
-                plan[u] = bounds[u].lowerBound + i
-                c -= steps[u][i]
-            }
-            return (plan, cost[best])
         }
     }
 
-    /// Cells relaxed per block of `relaxBlocked`: the block's sources and its shifted targets stay
-    /// in cache across the levels.
-    static let relaxBlock = 2048
+    /// One unit's allowed levels, from its lowest allowed level up, on the budget grid.
+    private struct Options {
+        /// The unit's lowest allowed level (index 0 of the arrays below).
+        let lowest: Int
+        /// Budget cells each level adds over the lowest one (nondecreasing).
+        let steps: [Int]
+        /// The exact budget each level adds over the lowest one, as a fraction of all parameters.
+        let extras: [Double]
+        /// Each level's cost.
+        let costs: [Double]
+    }
 
-    /// One unit's step of the dynamic programme: for every source cell c in 0...reach and level i,
-    /// the candidate cost[c] + unitCost[i] replaces nextCost[c + step[i]] when strictly cheaper.
-    ///
-    /// The reference order is c ascending, then i ascending; the first candidate of least cost wins
-    /// a target cell. This loop runs, block of sources by block, the levels in order of descending
-    /// step (ascending index among equal steps), each over the whole block. For a fixed target
-    /// that visits its candidates (c = target - step[i]) in exactly the reference order, so the
-    /// result is the same, while the inner loop runs over contiguous cells and vectorises.
-    /// Needs reach + step.last within the arrays (no clamping).
-    static func relaxBlocked(
-        reach: Int, step: UnsafeBufferPointer<Int>, extra: UnsafeBufferPointer<Double>,
-        unitCost: UnsafeBufferPointer<Double>, cost: UnsafeBufferPointer<Double>, exact: UnsafeBufferPointer<Double>,
-        nextCost: UnsafeMutableBufferPointer<Double>, nextExact: UnsafeMutableBufferPointer<Double>,
-        row: UnsafeMutablePointer<UInt8>
-    ) {
-        guard let costBase = cost.baseAddress, let exactBase = exact.baseAddress,
-            let nextCostBase = nextCost.baseAddress, let nextExactBase = nextExact.baseAddress
-        else { return }
-        // Levels by descending step, ascending index among equal steps (steps never decrease with i).
-        var order: [Int] = []
-        order.reserveCapacity(step.count)
-        var end = step.count
-        while end > 0 {
-            var start = end - 1
-            while start > 0 && step[start - 1] == step[end - 1] { start -= 1 }
-            order.append(contentsOf: start..<end)
-            end = start
-        }
-        var block = 0
-        while block <= reach {
-            let count = min(relaxBlock, reach + 1 - block)
-            for i in order {
-                let target = block + step[i]
-                relaxRun(
-                    count: count, from: costBase + block, exactBase + block, adding: unitCost[i], extra[i],
-                    into: nextCostBase + target, nextExactBase + target, row + target, choice: UInt8(truncatingIfNeeded: i))
+    /// The budget above the lowest reachable average, discretised into cells of width tolerance /
+    /// units when the work limit allows, else as fine as it allows, and every unit's levels on it.
+    private struct Grid {
+        /// Per unit.
+        let options: [Options]
+        /// Cells of the tables: the cells plus room for every unit's rounding, plus one.
+        let width: Int
+
+        init(_ problem: Problem, unitCosts costs: [Double]) {
+            let units = problem.unitCount, levels = problem.levels.count
+            let total = Double(problem.totalSize)
+            let bounds = problem.unitBounds
+            let extras = (0..<units).map { u in
+                bounds[u].map { k in
+                    Double(problem.unitSizes[u])
+                        * (problem.levels.sparsity(k) - problem.levels.sparsity(bounds[u].lowerBound)) / total
+                }
             }
-            block += count
+            let span = extras.reduce(0.0) { $0 + ($1.last ?? 0) }
+            let widest = bounds.map(\.count).max() ?? 1
+            // Clamped in Double: a tiny tolerance would overflow the conversion to Int.
+            let byTolerance =
+                problem.tolerance > 0
+                ? Int(min(Double(maxCells), (span * Double(units) / problem.tolerance).rounded(.up))) : maxCells
+            let cells = max(1, min(byTolerance, maxCells, workLimit / max(1, units * widest)))
+            // delta stays normal and steps stay within the grid even for sparsities a few ulps apart.
+            let delta = max(span / Double(cells), .leastNormalMagnitude)
+            width = cells + units + 1
+            options = (0..<units).map { u in
+                Options(
+                    lowest: bounds[u].lowerBound,
+                    steps: extras[u].map { Int(min(Double(cells), ($0 / delta).rounded())) }, extras: extras[u],
+                    costs: bounds[u].map { costs[u * levels + $0] })
+            }
+        }
+    }
+
+    /// The dynamic programme over the grid's cells: per cell, the cheapest partial plan of the units
+    /// added so far and that plan's exact budget, and per unit and cell the level that reached it.
+    private struct Table {
+        /// Per cell: the cheapest cost (+inf where no plan lands) and its exact budget.
+        private(set) var cost: UnsafeMutablePointer<Double>
+        private var exact: UnsafeMutablePointer<Double>
+        /// The same for the unit being added.
+        private var nextCost: UnsafeMutablePointer<Double>
+        private var nextExact: UnsafeMutablePointer<Double>
+        /// units x width level indices (into the unit's options).
+        private let choices: UnsafeMutablePointer<UInt8>
+        private let width: Int
+        /// The highest cell reached so far.
+        private var reach = 0
+
+        /// Starts with no unit added: cost 0 at cell 0. `rows` holds 4 x `width` doubles.
+        init(rows: UnsafeMutablePointer<Double>, choices: UnsafeMutablePointer<UInt8>, width: Int) {
+            cost = rows
+            exact = rows + width
+            nextCost = rows + 2 * width
+            nextExact = rows + 3 * width
+            self.choices = choices
+            self.width = width
+            for table in [cost, nextCost] { table.initialize(repeating: .infinity, count: width) }
+            for table in [exact, nextExact] { table.initialize(repeating: 0, count: width) }
+            cost[0] = 0
+        }
+
+        /// Adds unit `u`: every partial plan extended by each of its levels.
+        mutating func add(_ options: Options, unit u: Int) {
+            let last = options.steps.last ?? 0
+            let top = min(width - 1, reach + last)
+            let row = choices + u * width
+            nextCost.update(repeating: .infinity, count: top + 1)
+            if reach + last <= width - 1 {
+                relaxBlocked(options, row: row)
+            } else {
+                relaxClamped(options, row: row)
+            }
+            swap(&cost, &nextCost)
+            swap(&exact, &nextExact)
+            reach = top
+        }
+
+        /// The cell of the cheapest complete plan whose exact average meets the budget (the lowest
+        /// such cell on ties), or nil.
+        func cheapestCell(meeting problem: Problem) -> Int? {
+            let base = problem.range.lowerBound
+            var best: Int?
+            for c in 0...reach where cost[c] < .infinity && problem.meetsBudget(base + exact[c]) {
+                if best.map({ cost[c] < cost[$0] }) ?? true { best = c }
+            }
+            return best
+        }
+
+        /// The per-unit plan whose last unit's choice ends at `cell`, traced back unit by unit.
+        func plan(endingAt cell: Int, _ grid: Grid) -> [Int] {
+            var plan = [Int](repeating: 0, count: grid.options.count)
+            var c = cell
+            for (u, options) in grid.options.enumerated().reversed() {
+                let i = Int(choices[u * width + c])
+                plan[u] = options.lowest + i
+                c -= options.steps[i]
+            }
+            return plan
+        }
+
+        /// One unit's step: for every source cell c in 0...reach and level i, the candidate
+        /// cost[c] + costs[i] replaces nextCost[c + steps[i]] when strictly cheaper.
+        ///
+        /// The reference order is c ascending, then i ascending; the first candidate of least cost
+        /// wins a target cell. This loop runs, block of sources by block, the levels in order of
+        /// descending step (ascending index among equal steps), each over the whole block. For a
+        /// fixed target that visits its candidates (c = target - steps[i]) in exactly the reference
+        /// order, so the result is the same, while the inner loop runs over contiguous cells and
+        /// vectorises. Needs reach + steps.last within the tables (no clamping).
+        private func relaxBlocked(_ options: Options, row: UnsafeMutablePointer<UInt8>) {
+            let step = options.steps
+            // Levels by descending step, ascending index among equal steps (steps never decrease with i).
+            var order: [Int] = []
+            order.reserveCapacity(step.count)
+            var end = step.count
+            while end > 0 {
+                var start = end - 1
+                while start > 0 && step[start - 1] == step[end - 1] { start -= 1 }
+                order.append(contentsOf: start..<end)
+                end = start
+            }
+            var block = 0
+            while block <= reach {
+                let count = min(relaxBlock, reach + 1 - block)
+                for i in order {
+                    let target = block + step[i]
+                    relaxRun(
+                        count: count, from: cost + block, exact + block, adding: options.costs[i], options.extras[i],
+                        into: nextCost + target, nextExact + target, row + target, choice: UInt8(truncatingIfNeeded: i))
+                }
+                block += count
+            }
+        }
+
+        /// The reference loop (c ascending, then i ascending) with targets clamped to the last cell.
+        private func relaxClamped(_ options: Options, row: UnsafeMutablePointer<UInt8>) {
+            for c in 0...reach where cost[c] < .infinity {
+                for i in options.steps.indices {
+                    let c2 = min(c + options.steps[i], width - 1)
+                    let candidate = cost[c] + options.costs[i]
+                    if candidate < nextCost[c2] {
+                        nextCost[c2] = candidate
+                        nextExact[c2] = exact[c] + options.extras[i]
+                        row[c2] = UInt8(i)
+                    }
+                }
+            }
         }
     }
 
@@ -187,26 +253,6 @@ public enum AdditiveSolver {
                 row[j] = choice
             }
             j += 1
-        }
-    }
-
-    /// The reference loop (c ascending, then i ascending) with targets clamped to the last cell.
-    static func relaxClamped(
-        reach: Int, width: Int, step: UnsafeBufferPointer<Int>, extra: UnsafeBufferPointer<Double>,
-        unitCost: UnsafeBufferPointer<Double>, cost: UnsafeBufferPointer<Double>, exact: UnsafeBufferPointer<Double>,
-        nextCost: UnsafeMutableBufferPointer<Double>, nextExact: UnsafeMutableBufferPointer<Double>,
-        row: UnsafeMutablePointer<UInt8>
-    ) {
-        for c in 0...reach where cost[c] < .infinity {
-            for i in 0..<step.count {
-                let c2 = min(c + step[i], width - 1)
-                let candidate = cost[c] + unitCost[i]
-                if candidate < nextCost[c2] {
-                    nextCost[c2] = candidate
-                    nextExact[c2] = exact[c] + extra[i]
-                    row[c2] = UInt8(i)
-                }
-            }
         }
     }
 

@@ -1,4 +1,4 @@
-// Level and LevelSet: the allowed choices of sparsity for a layer.
+// Level: one allowed choice of sparsity for a layer (an N:M pattern or an unstructured sparsity).
 
 /// One allowed choice for a layer: an N:M pattern (n == m is dense) or an unstructured sparsity.
 public struct Level: Hashable, Sendable, CustomStringConvertible {
@@ -18,7 +18,7 @@ public struct Level: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// An N:M level keeping `n` of every `m`; `n == m` is dense.
-    /// - Throws: `MSPError.invalidArgument` unless 0 < n <= m <= 32.
+    /// - Throws: `MSPError.invalidArgument` unless 0 < n <= m <= `NMPattern.maxM`.
     public init(n: Int, m: Int) throws {
         guard m >= 1, m <= NMPattern.maxM, n > 0, n <= m else {
             throw MSPError.invalidArgument("level \(n):\(m) must have 0 < n <= m <= \(NMPattern.maxM)")
@@ -39,39 +39,15 @@ public struct Level: Hashable, Sendable, CustomStringConvertible {
         return "\(sparsity * 100)%"
     }
 
+    /// Equal sparsity and equal pattern (both unstructured, or the same n and m).
     public static func == (a: Level, b: Level) -> Bool {
         a.sparsity == b.sparsity && a.nm?.n == b.nm?.n && a.nm?.m == b.nm?.m
     }
 
+    /// Hashes the sparsity and the pattern, consistently with `==`.
     public func hash(into hasher: inout Hasher) {
         hasher.combine(sparsity)
         hasher.combine(nm?.n)
         hasher.combine(nm?.m)
     }
-}
-
-/// Levels ordered from least to most sparse (strictly increasing sparsity).
-public struct LevelSet: Sendable, Equatable {
-    /// The levels; index 0 is the least sparse.
-    public let levels: [Level]
-
-    /// Validates the order.
-    /// - Throws: `MSPError.invalidArgument` for an empty set, more than 256 levels, or sparsities
-    ///   that do not strictly increase.
-    public init(_ levels: [Level]) throws {
-        guard !levels.isEmpty, levels.count <= 256 else {
-            throw MSPError.invalidArgument("num_levels (\(levels.count)) must be in [1, 256]")
-        }
-        for k in 1..<levels.count where !(levels[k].sparsity > levels[k - 1].sparsity) {
-            throw MSPError.invalidArgument(
-                "levels must have strictly increasing sparsity: level \(k) (\(levels[k])) follows \(levels[k - 1])")
-        }
-        self.levels = levels
-    }
-
-    /// Number of levels.
-    public var count: Int { levels.count }
-
-    /// Sparsity of level `k`.
-    @inline(__always) public func sparsity(_ k: Int) -> Double { levels[k].sparsity }
 }

@@ -1,16 +1,18 @@
 // NMPattern: an N:M sparsity pattern (N kept of every M consecutive weights).
 
+import CMSPHeader
+
 /// Keep `n` of every `m` consecutive elements along a row.
 public struct NMPattern: Hashable, Sendable, CustomStringConvertible {
-    /// Largest supported group size.
-    public static let maxM = 32
+    /// Largest supported group size, `MSP_MAX_M`.
+    public static let maxM = Int(MSP_MAX_M)
 
     /// Elements kept per group.
     public let n: Int
     /// Group size.
     public let m: Int
 
-    /// Validates `0 < n < m <= 32`.
+    /// Validates `0 < n < m <= maxM`.
     /// - Throws: `MSPError.invalidArgument` naming the violated bound.
     public init(n: Int, m: Int) throws {
         guard m >= 2, m <= Self.maxM else {

@@ -1,5 +1,7 @@
 // Problem: layer sizes, level set, groups, bounds and the budget that every plan must meet.
 
+import CMSPHeader
+
 /// A validated planning problem.
 ///
 /// Layers that share a group form one *unit*: a unit gets one level, and its size is the sum of its
@@ -123,14 +125,15 @@ public struct Problem: Sendable {
 
     /// Sets the budget.
     /// - Throws: `MSPError.invalidArgument` for a target outside [0, 1) or a tolerance outside
-    ///   [0, 0.5]; `MSPError.infeasible` when no plan reaches the window, with the reachable range.
+    ///   [0, `MSP_MAX_TOLERANCE`]; `MSPError.infeasible` when no plan reaches the window, with the
+    ///   reachable range.
     ///   The problem is unchanged then.
     public mutating func setTarget(_ target: Double, tolerance: Double) throws {
         guard target >= 0, target < 1 else {
             throw MSPError.invalidArgument("target (\(target)) must be in [0, 1)")
         }
-        guard tolerance >= 0, tolerance <= 0.5 else {
-            throw MSPError.invalidArgument("tolerance (\(tolerance)) must be in [0, 0.5]")
+        guard tolerance >= 0, tolerance <= MSP_MAX_TOLERANCE else {
+            throw MSPError.invalidArgument("tolerance (\(tolerance)) must be in [0, \(MSP_MAX_TOLERANCE)]")
         }
         let reach = range
         guard target + tolerance >= reach.lowerBound - Self.slack, target - tolerance <= reach.upperBound + Self.slack

@@ -17,9 +17,7 @@ struct RadixSelect {
     /// Starts a search for the key of rank `rank` (1 = largest).
     init(rank: Int) { self.rank = rank }
 
-    /// Whether all 32 bits are decided.
-    var isDone: Bool { decidedBits == 32 }
-    /// The key of the wanted rank once `isDone`.
+    /// The key of the wanted rank once all 32 bits are decided.
     var threshold: UInt32 { prefix }
     /// Keys equal to `threshold` that belong to the top `rank` (the first ones in index order).
     var ties: Int { rank }

@@ -5,9 +5,10 @@
 /// of which selects one cell per unit, with penalty `ridge` * |w|^2 + `columnPenalty` * |a|^2.
 ///
 /// The unknowns are ordered [c, a_1 .. a_J, w_1 .. w_cells]. `solve` forms the normal matrix and
-/// factorises it when that is cheaper than conjugate gradients at their worst (as many iterations as
-/// unknowns), else iterates without forming it (one gather and one scatter over the selected cells
-/// per iteration). Every sum runs in a fixed order: the solution depends only on the inputs.
+/// factorises it when that is cheaper than conjugate gradients, else iterates without forming it
+/// (one gather and one scatter over the selected cells per iteration) for at most
+/// `iterationLimit` iterations, which bounds the work of one solve by about `workLimit` cell
+/// visits. Every sum runs in a fixed order: the solution depends only on the inputs.
 struct RidgeSystem {
     /// Observations.
     let rows: Int
@@ -28,8 +29,11 @@ struct RidgeSystem {
 
     /// Relative residual at which conjugate gradients stop.
     static let tolerance = 1e-8
-    /// The most unknowns solved directly (the matrix then takes at most 8 MiB).
-    static let maxDirect = 1024
+    /// The most unknowns solved directly (the matrix then takes at most 2 MiB).
+    static let maxDirect = 512
+    /// About the most cell visits of the conjugate gradients of one solve (beyond their first 32
+    /// iterations).
+    static let workLimit = 1 << 26
 
     /// A system over the given observations.
     init(rows: Int, units: Int, cells: Int, index: [Int], columns: [[Double]], ridge: Double, columnPenalty: Double) {
@@ -48,11 +52,18 @@ struct RidgeSystem {
     /// Number of unknowns.
     var dimension: Int { 1 + columns.count + cells }
 
+    /// Cells, columns and the intercept visited per observation.
+    private var width: Int { units + columns.count + 1 }
+
+    /// The most iterations of `iterative`: two per unknown (enough to converge in practice), at
+    /// most `workLimit` cell visits, at least 32.
+    var iterationLimit: Int { min(2 * dimension, max(32, Self.workLimit / max(1, 2 * rows * width))) }
+
     /// Whether `solve` factorises: the matrix is small enough and forming plus factorising it costs
-    /// less than conjugate gradients with one iteration per unknown.
+    /// less than the conjugate gradients' iterations.
     var isDirect: Bool {
-        let n = Double(dimension), width = Double(units + columns.count + 1), r = Double(rows)
-        return dimension <= Self.maxDirect && r * width * width + n * n * n / 3 <= 2 * r * width * n
+        let n = Double(dimension), r = Double(rows), w = Double(width)
+        return dimension <= Self.maxDirect && r * w * w + n * n * n / 3 <= 2 * r * w * Double(iterationLimit)
     }
 
     /// The penalised least-squares solution for the observations `y`.
@@ -157,7 +168,7 @@ struct RidgeSystem {
     }
 
     /// Solves by conjugate gradients preconditioned with the diagonal, from zero, until the residual
-    /// is at most `tolerance` times the right-hand side or after 2 * `dimension` iterations.
+    /// is at most `tolerance` times the right-hand side or after `iterationLimit` iterations.
     func iterative(_ y: [Double]) -> [Double] {
         let b = transposed(y)
         let inverse = zip([Double(rows)] + columns.map { $0.reduce(0.0) { $0 + $1 * $1 } } + counts, penalty).map {
@@ -170,7 +181,7 @@ struct RidgeSystem {
         var z = zip(r, inverse).map { $0 * $1 }
         var p = z
         var rz = dot(r, z)
-        for _ in 0..<(2 * dimension) {
+        for _ in 0..<iterationLimit {
             let q = apply(p)
             let pq = dot(p, q)
             guard pq > 0 else { break }

@@ -1,26 +1,6 @@
 // Scores: how masking kernels score an element, the order-preserving score keys, and the NaN
 // check that runs before any output is written.
 
-/// A row-major matrix of `rows` x `cols` elements in caller memory.
-public struct Matrix: Sendable {
-    /// Number of rows (> 0).
-    public let rows: Int
-    /// Number of columns (> 0).
-    public let cols: Int
-    /// Element type.
-    public let type: ElementType
-
-    /// Describes a matrix; the caller guarantees `rows * cols` does not overflow.
-    public init(rows: Int, cols: Int, type: ElementType) {
-        self.rows = rows
-        self.cols = cols
-        self.type = type
-    }
-
-    /// `rows * cols`.
-    public var count: Int { rows * cols }
-}
-
 /// How masking kernels score element (r, c) of a matrix.
 public enum ScoreRule: @unchecked Sendable {
     /// The element itself is the score (explicit scores).

@@ -1,5 +1,7 @@
 // Search: the pruning-oriented evolutionary search over plans, driven by ask/tell.
 
+import CMSPHeader
+
 /// An evolutionary search for the plan of lowest fitness.
 ///
 /// Generation 0 evaluates prior plans (a grid of strengths and normalisations, or one prior) and the
@@ -19,8 +21,8 @@ public final class Search {
         public let fidelity: Int
     }
 
-    /// The most proxy tables one search holds.
-    public static let maxProxies = 8
+    /// The most proxy tables one search holds (`MSP_MAX_PROXIES`).
+    public static let maxProxies = Int(MSP_MAX_PROXIES)
 
     /// The problem searched.
     public let problem: Problem

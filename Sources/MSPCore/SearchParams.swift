@@ -1,5 +1,7 @@
 // SearchParams: the settings of the evolutionary search.
 
+import CMSPHeader
+
 /// Settings of `Search`; the defaults suit a few hundred fitness evaluations.
 public struct SearchParams: Sendable, Equatable {
     /// Generations after the prior grid (> 0).
@@ -27,7 +29,8 @@ public struct SearchParams: Sendable, Equatable {
     /// Fraction of a batch promoted to the next fidelity, in (0, 1].
     public var fidelityKeep = 0.25
     /// Offspring per generation proposed by the surrogate (the exact optimum of an additive model
-    /// fitted to every full-fidelity evaluation), in [0, 2^20]; at most `offspring` are used; 0 = off.
+    /// fitted to every full-fidelity evaluation), in [0, MSP_MAX_OFFSPRING]; at most `offspring` are used;
+    /// 0 = off.
     public var surrogateCandidates = 2
     /// Ridge strength of the surrogate: how many evaluations' weight pulls each (unit, level)
     /// correction toward the proxy tables (toward 0 without them); finite, > 0.
@@ -52,18 +55,24 @@ public struct SearchParams: Sendable, Equatable {
             if !ok { throw MSPError.invalidArgument(message()) }
         }
         try check(generations > 0, "generations (\(generations)) must be > 0")
-        try check(offspring > 0 && offspring <= 1 << 20, "offspring (\(offspring)) must be in [1, 2^20]")
-        try check(survivors > 0 && survivors <= 1 << 20, "survivors (\(survivors)) must be in [1, 2^20]")
+        try check(
+            offspring > 0 && offspring <= MSP_MAX_OFFSPRING,
+            "offspring (\(offspring)) must be in [1, \(MSP_MAX_OFFSPRING)]")
+        try check(
+            survivors > 0 && survivors <= MSP_MAX_SURVIVORS,
+            "survivors (\(survivors)) must be in [1, \(MSP_MAX_SURVIVORS)]")
         try check((0...1).contains(mutationRate), "mutation_rate (\(mutationRate)) must be in [0, 1]")
         try check((0...1).contains(crossoverRate), "crossover_rate (\(crossoverRate)) must be in [0, 1]")
         try check(prior.strength.isFinite && prior.strength >= 0, "prior_strength (\(prior.strength)) must be >= 0")
         try check(maxEvaluations >= 0, "max_evaluations (\(maxEvaluations)) must be >= 0")
         try check(patience >= 0, "patience (\(patience)) must be >= 0")
-        try check(fidelityLevels >= 1 && fidelityLevels <= 16, "fidelity_levels (\(fidelityLevels)) must be in [1, 16]")
+        try check(
+            fidelityLevels >= 1 && fidelityLevels <= MSP_MAX_FIDELITY_LEVELS,
+            "fidelity_levels (\(fidelityLevels)) must be in [1, \(MSP_MAX_FIDELITY_LEVELS)]")
         try check(fidelityKeep > 0 && fidelityKeep <= 1, "fidelity_keep (\(fidelityKeep)) must be in (0, 1]")
         try check(
-            surrogateCandidates >= 0 && surrogateCandidates <= 1 << 20,
-            "surrogate_candidates (\(surrogateCandidates)) must be in [0, 2^20]")
+            surrogateCandidates >= 0 && surrogateCandidates <= MSP_MAX_OFFSPRING,
+            "surrogate_candidates (\(surrogateCandidates)) must be in [0, \(MSP_MAX_OFFSPRING)]")
         try check(
             surrogateRidge.isFinite && surrogateRidge > 0, "surrogate_ridge (\(surrogateRidge)) must be finite and > 0")
         try check(

@@ -12,8 +12,8 @@
 /// minimise the squared error plus `ridge` * sum w^2 (plus 1e-6 * N * sum a_j^2, which only settles
 /// exactly collinear proxies). So without proxies each correction is pulled toward 0, and with
 /// them toward the proxies' fitted combination, with the weight of `ridge` evaluations. The normal
-/// equations are solved by `RidgeSystem` in a fixed order, so the model depends only on the
-/// evaluated plans and values.
+/// equations are solved by `RidgeSystem` (directly, or by a bounded number of conjugate-gradient
+/// iterations) in a fixed order, so the model depends only on the evaluated plans and values.
 struct Surrogate {
     /// The model's additive costs per unit and level (`unitCount x levels.count`; cells outside a
     /// unit's bounds are 0): the table whose exact optimum is the model's best plan.

@@ -1,18 +1,16 @@
 // TopKPrune: unstructured pruning to a sparsity, per row or per layer, by counting score keys.
 
-/// The comparison group of unstructured pruning.
-public enum TopKScope: Int32, Sendable {
-    /// floor(sparsity * cols) weights pruned in every row (Wanda's comparison group).
-    case row = 0
-    /// floor(sparsity * rows * cols) weights pruned in the whole matrix (magnitude pruning).
-    case layer = 1
-}
+import CMSPHeader
 
 /// Unstructured pruning kernels. Within a comparison group, weights are ordered by score
 /// descending, then index ascending, and the first ones are kept. Selection counts order-preserving
 /// score keys, in linear time: searches over vectorised counts per row, histograms per layer.
 /// Results do not depend on the thread count.
 public enum TopKPrune {
+    /// The most columns a matrix may have, `MSP_MAX_TOPK_COLS` (2^32 - 1): a row's ties are
+    /// counted in 32 bits.
+    public static let maxCols = Int(MSP_MAX_TOPK_COLS)
+
     /// How many of `count` weights a sparsity prunes: floor(sparsity * count), in double.
     public static func prunedCount(sparsity: Double, of count: Int) -> Int {
         Int((sparsity * Double(count)).rounded(.down))
@@ -26,7 +24,7 @@ public enum TopKPrune {
     ///   - colScale: `nil` for magnitude scores |w|, else `matrix.cols` finite non-negative factors
     ///     so that the score is |w[r][c]| * colScale[c].
     ///   - keepMask: `nil`, or `matrix.count` bytes written with 1 = keep, 0 = prune.
-    /// - Throws: `MSPError.invalidArgument` for a sparsity outside [0, 1), more than 2^32 - 1
+    /// - Throws: `MSPError.invalidArgument` for a sparsity outside [0, 1), more than `maxCols`
     ///   columns, a NaN weight or score or a bad `colScale` (nothing is written then);
     ///   `MSPError.outOfMemory`.
     public static func prune(
@@ -36,9 +34,8 @@ public enum TopKPrune {
         guard sparsity >= 0, sparsity < 1 else {
             throw MSPError.invalidArgument("sparsity (\(sparsity)) must be in [0, 1)")
         }
-        // A row's ties are counted in 32 bits.
-        guard matrix.cols <= Int(UInt32.max) else {
-            throw MSPError.invalidArgument("cols (\(matrix.cols)) must be at most \(UInt32.max)")
+        guard matrix.cols <= maxCols else {
+            throw MSPError.invalidArgument("cols (\(matrix.cols)) must be at most \(maxCols)")
         }
         try validateColScale(colScale)
         let rule = ScoreRule.magnitude(colScale: colScale)

@@ -14,7 +14,7 @@
 /* The level-set rules of msp_problem_create, plus m dividing cols. An N:M level's sparsity counts as
  * 1 - n/m when within 1e-12 of it (the library's rounding allowance). */
 static int valid_levels(const msp_level *levels, int64_t k, int64_t cols) {
-    if (k < 1 || k > 256) return 0;
+    if (k < 1 || k > MSP_MAX_LEVELS) return 0;
     double previous = -1;
     for (int64_t i = 0; i < k; i++) {
         const msp_level *l = &levels[i];
@@ -22,7 +22,7 @@ static int valid_levels(const msp_level *levels, int64_t k, int64_t cols) {
         if (l->n == 0 && l->m == 0) {
             if (!(s >= 0 && s < 1)) return 0;
         } else {
-            if (!(l->n > 0 && l->n <= l->m && l->m <= 32)) return 0;
+            if (!(l->n > 0 && l->n <= l->m && l->m <= MSP_MAX_M)) return 0;
             s = 1.0 - (double)l->n / (double)l->m;
             if (!(fabs(s - l->sparsity) <= 1e-12)) return 0;
             if (cols % l->m != 0) return 0;
@@ -80,7 +80,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         } else if (lmode == 1) {
             levels[i] = (msp_level){(double)i / (double)(num_levels + fz_range(&in, 0, 3)), 0, 0};
         } else if (lmode == 2) {
-            int32_t m = (int32_t)fz_range(&in, 1, 32), n = (int32_t)fz_range(&in, 1, m);
+            int32_t m = (int32_t)fz_range(&in, 1, MSP_MAX_M), n = (int32_t)fz_range(&in, 1, m);
             levels[i] = fz_bool(&in) ? (msp_level){1.0 - (double)n / m, n, m} : (msp_level){fz_u8(&in) / 256.0, 0, 0};
         } else {
             levels[i] = (msp_level){fz_double(&in), (int32_t)fz_range(&in, -1, 33), (int32_t)fz_range(&in, -1, 33)};

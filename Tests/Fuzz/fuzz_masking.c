@@ -57,7 +57,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (!size_invalid(rows, cols, width)) return 0; /* no buffer can honour these sizes here */
     } else {
         rows = fz_range(&in, 1, 12);
-        if (op != 2 && m > 0 && m <= 32 && fz_u8(&in) < 232) cols = m * fz_range(&in, 1, 40);
+        if (op != 2 && m > 0 && m <= MSP_MAX_M && fz_u8(&in) < 232) cols = m * fz_range(&in, 1, 40);
         else cols = fz_range(&in, 1, 300);
     }
     size_t count = hostile ? 64 : (size_t)(rows * cols);
@@ -88,7 +88,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     /* Argument validity by the header. */
     int valid = !hostile && fz_valid_dtype(dtype) && scale_ok;
-    if (op != 2) valid = valid && n > 0 && n < m && m <= 32 && cols % m == 0;
+    if (op != 2) valid = valid && n > 0 && n < m && m <= MSP_MAX_M && cols % m == 0;
     else valid = valid && sparsity >= 0 && sparsity < 1 && (scope == MSP_SCOPE_ROW || scope == MSP_SCOPE_LAYER);
     float *scores = NULL;
     if (!hostile && fz_valid_dtype(dtype)) {

@@ -19,7 +19,7 @@ static int64_t make_levels(fz_input *in, msp_level *levels) {
     int64_t k = fz_range(in, 1, MAX_LEVELS);
     uint8_t mode = fz_u8(in) % 4;
     if (mode == 0) {
-        int32_t m = (int32_t)fz_range(in, 1, 32);
+        int32_t m = (int32_t)fz_range(in, 1, MSP_MAX_M);
         if (k > m) k = m;
         int32_t top = (int32_t)fz_range(in, k, m); /* n from top down to top - k + 1 */
         for (int64_t i = 0; i < k; i++) {

@@ -54,7 +54,7 @@ static int32_t run_fitness(const int32_t *plan, int64_t num_layers, int32_t fide
                            double *fitness_out) {
     run_state *rs = user_data;
     FZ_CHECK(num_layers == rs->layers, "fitness callback got %lld layers", (long long)num_layers);
-    FZ_CHECK(fidelity >= 0 && fidelity < 16, "fitness callback got fidelity %d", (int)fidelity);
+    FZ_CHECK(fidelity >= 0 && fidelity < MSP_MAX_FIDELITY_LEVELS, "fitness callback got fidelity %d", (int)fidelity);
     check_plan(rs->check, plan, rs->layers, rs->levels, "msp_search_run candidate");
     *fitness_out = fitness_of(plan, num_layers, rs->salt + (uint64_t)fidelity);
     if (rs->calls++ == rs->cancel_at) {
@@ -158,14 +158,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         /* one field out of range, or anything */
         switch (fz_u8(&in) % 16) {
         case 0: params.generations = -(int32_t)fz_u8(&in); break;
-        case 1: params.offspring = (int32_t)fz_u32(&in); invalid_params = params.offspring <= 0 || params.offspring > 1 << 20; break;
+        case 1: params.offspring = (int32_t)fz_u32(&in); invalid_params = params.offspring <= 0 || params.offspring > MSP_MAX_OFFSPRING; break;
         case 2: params.survivors = -(int32_t)fz_u8(&in); break;
         case 3: params.mutation_rate = fz_double(&in); invalid_params = !(params.mutation_rate >= 0 && params.mutation_rate <= 1); break;
         case 4: params.crossover_rate = fz_double(&in); invalid_params = !(params.crossover_rate >= 0 && params.crossover_rate <= 1); break;
         case 5: params.prior_strength = fz_double(&in); invalid_params = !(isfinite(params.prior_strength) && params.prior_strength >= 0); break;
         case 6: params.max_evaluations = (int64_t)fz_u64(&in); invalid_params = params.max_evaluations < 0; break;
         case 7: params.patience = -1 - (int32_t)fz_u8(&in); break;
-        case 8: params.fidelity_levels = (int32_t)fz_u32(&in); invalid_params = params.fidelity_levels < 1 || params.fidelity_levels > 16; break;
+        case 8: params.fidelity_levels = (int32_t)fz_u32(&in); invalid_params = params.fidelity_levels < 1 || params.fidelity_levels > MSP_MAX_FIDELITY_LEVELS; break;
         case 9: params.fidelity_keep = fz_double(&in); invalid_params = !(params.fidelity_keep > 0 && params.fidelity_keep <= 1); break;
         case 10: params.struct_size = fz_u32(&in); invalid_params = params.struct_size != sizeof params; break;
         case 11: params.surrogate_candidates = (int32_t)fz_u32(&in); invalid_params = params.surrogate_candidates < 0 || params.surrogate_candidates > 1 << 20; break;

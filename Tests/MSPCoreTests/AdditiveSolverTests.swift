@@ -1,3 +1,4 @@
+import CMSPHeader
 import MSPCore
 import Testing
 
@@ -18,7 +19,7 @@ func referenceSolve(_ problem: Problem, unitCosts costs: [Double]) -> (plan: [In
     let base = problem.range.lowerBound
     let span = extras.reduce(0.0) { $0 + ($1.last ?? 0) }
     let widest = bounds.map(\.count).max() ?? 1
-    let maxCells = 1 << 21, workLimit = 1 << 27
+    let maxCells = Int(MSP_SOLVE_MAX_CELLS), workLimit = Int(MSP_SOLVE_MAX_STEPS)
     let byTolerance =
         problem.tolerance > 0
         ? Int(min(Double(maxCells), (span * Double(units) / problem.tolerance).rounded(.up))) : maxCells

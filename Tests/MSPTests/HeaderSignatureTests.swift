@@ -16,6 +16,7 @@ private func same<F>(_: F, _: F) {}
     same(CMSPHeader.msp_last_error_message, MSP.msp_last_error_message)
     same(CMSPHeader.msp_set_num_threads, MSP.msp_set_num_threads)
     same(CMSPHeader.msp_get_num_threads, MSP.msp_get_num_threads)
+    same(CMSPHeader.msp_get_limits, MSP.msp_get_limits)
     same(CMSPHeader.msp_nm_mask, MSP.msp_nm_mask)
     same(CMSPHeader.msp_nm_prune, MSP.msp_nm_prune)
     same(CMSPHeader.msp_topk_prune, MSP.msp_topk_prune)

@@ -4,6 +4,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "msp.h"
 
@@ -47,6 +48,11 @@ int main(void) {
     /* Bad input is reported, not fatal, and leaves the buffer alone. */
     status = msp_nm_prune(weights, MSP_DTYPE_F32, ROWS, COLS, 4, 4, NULL, NULL);
     if (status != MSP_ERR_INVALID_ARGUMENT) errors++;
+    /* The library is the version of this header, and MSP_VERSION_NUMBER encodes the same parts. */
+    char number[32];
+    snprintf(number, sizeof number, "%d.%d.%d", MSP_VERSION_NUMBER / 10000, MSP_VERSION_NUMBER / 100 % 100,
+             MSP_VERSION_NUMBER % 100);
+    if (strcmp(msp_version_string(), MSP_VERSION_STRING) != 0 || strcmp(number, MSP_VERSION_STRING) != 0) errors++;
     printf("msp %s (ABI %d): pruned %dx%d 2:4, kept %ld of %d, %ld mismatches; bad pattern -> %s (%s)\n",
            msp_version_string(), (int)msp_abi_version(), ROWS, COLS, kept, ROWS * COLS, errors,
            msp_status_string(status), msp_last_error_message());

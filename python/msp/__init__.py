@@ -9,8 +9,13 @@ tensors::
     keep = msp.nm_mask(scores, 2, 4)                             # mask only
 
 Planning: ``msp.FisherAccumulator`` (sensitivities), ``msp.nm_levels`` / ``msp.ratio_levels`` (level
-sets), ``msp.plan`` / ``msp.Search`` (per-layer plans), ``msp.cost_table`` (proxy costs). torch
-helpers live in ``msp.torch``, which is the only module that imports torch.
+sets), ``msp.plan`` / ``msp.Search`` (per-layer plans, with ``msp.SearchSettings``),
+``msp.cost_table`` (proxy costs). The PyTorch helpers live in the package ``msp.torch``, the only
+part of msp that imports torch; ``import msp`` alone never does.
+
+This module only re-exports; each name lives in the module of its concern (``msp.masking``,
+``msp.fisher``, ``msp.levels``, ``msp.plans``, ``msp.problem``, ``msp.search``,
+``msp.search_settings``, ``msp.planner``, ``msp.costs``, ``msp.errors``).
 
 Library errors raise ``msp.MSPError`` subclasses that are also ``ValueError``, ``MemoryError`` or
 ``RuntimeError``.
@@ -30,8 +35,11 @@ from .errors import (  # noqa: F401  (re-exported through __all__)
 from .masking import get_num_threads, nm_mask, prune_nm_, prune_topk_, set_num_threads, version
 from .fisher import FisherAccumulator, add_fisher_diagonal, sum_squares
 from .levels import Level, nm_levels, ratio_levels
-from .plan import Plan  # binds the submodule msp.plan first; the function below replaces the name
-from .planner import Problem, Search, plan
+from .plans import Plan
+from .problem import Problem
+from .search_settings import SearchSettings
+from .search import Search
+from .planner import plan
 from .costs import cost_table
 
 __version__ = version()
@@ -55,6 +63,7 @@ __all__ = [
     "Plan",
     "Problem",
     "Search",
+    "SearchSettings",
     "plan",
     "cost_table",
 ]

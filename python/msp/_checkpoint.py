@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from typing import Any
@@ -69,12 +70,30 @@ def unpack(data: bytes, name: str) -> tuple[dict, bytes]:
     return meta, bytes(data[_HEADER.size + length : -_DIGEST])
 
 
-def field(meta: dict, key: str, kind: Any, name: str) -> Any:
-    """``meta[key]``, which must be an instance of ``kind`` (bools are never ints here)."""
-    value = meta.get(key)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise InvalidArgumentError(f"{name} is not a valid msp search file: its field {key!r} is {value!r}")
-    return value
+class Fields:
+    """Typed reads of a search file's JSON object: ``Fields(meta, name)(key, kind)`` is
+    ``meta[key]``, which must be an instance of ``kind`` (a bool is never an int here)."""
+
+    def __init__(self, meta: dict, name: str) -> None:
+        self._meta, self._name = meta, name
+
+    def __call__(self, key: str, kind: Any) -> Any:
+        value = self._meta.get(key)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind not in (bool, (bool,))):
+            raise InvalidArgumentError(f"{self._name} is not a valid msp search file: its field {key!r} is {value!r}")
+        return value
+
+
+def encode_float(value: float) -> Any:
+    """A float for JSON, which has no infinity: +inf and -inf as the strings "inf" and "-inf"."""
+    return value if math.isfinite(value) else str(value)
+
+
+def decode_float(value: Any, name: str, key: str) -> float:
+    """The float of ``encode_float`` in the field ``key`` of the file ``name``."""
+    if value in ("inf", "-inf") or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return float(value)
+    raise InvalidArgumentError(f"{name} is not a valid msp search file: its field {key!r} holds {value!r}")
 
 
 def write_atomically(path: str | os.PathLike, data: bytes) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections import namedtuple
 from ctypes import CFUNCTYPE, POINTER, Structure, c_char_p, c_double, c_int32, c_int64, c_uint32, c_uint64, c_void_p
 from pathlib import Path
 
@@ -43,6 +44,26 @@ _LIBNAME = "libmsp.so"
 
 
 # --- structs and callback types of the header (fields in header order, only ever appended) -------
+
+
+class msp_limits(Structure):
+    """``msp_limits``: the limits the library enforces, one field per ``MSP_*`` limit macro."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("max_m", c_int64),
+        ("max_levels", c_int64),
+        ("max_layers", c_int64),
+        ("max_offspring", c_int64),
+        ("max_survivors", c_int64),
+        ("max_fidelity_levels", c_int64),
+        ("max_topk_cols", c_int64),
+        ("solve_max_cells", c_int64),
+        ("solve_max_steps", c_int64),
+        ("max_tolerance", c_double),
+        ("level_sparsity_tolerance", c_double),
+        ("max_proxies", c_int64),
+    ]
 
 
 class msp_level(Structure):
@@ -126,6 +147,8 @@ _DECLARATIONS = [
     ("msp_set_num_threads", _STATUS, (c_int32,)),
     # int32_t msp_get_num_threads(void);
     ("msp_get_num_threads", c_int32, ()),
+    # msp_status msp_get_limits(msp_limits *out);
+    ("msp_get_limits", _STATUS, (POINTER(msp_limits),)),
     # msp_status msp_nm_mask(const void *scores, msp_dtype dtype, int64_t rows, int64_t cols, int32_t n, int32_t m, uint8_t *keep_mask_out);
     ("msp_nm_mask", _STATUS, (c_void_p, c_int32, c_int64, c_int64, c_int32, c_int32, c_void_p)),
     # msp_status msp_nm_prune(void *weights, msp_dtype dtype, int64_t rows, int64_t cols, int32_t n, int32_t m, const float *col_scale, uint8_t *keep_mask_out);
@@ -295,3 +318,18 @@ def last_error_message() -> str:
 def status_string(status: int) -> str:
     """The library's static text for a status code."""
     return lib.msp_status_string(status).decode("utf-8", "replace")
+
+
+Limits = namedtuple("Limits", [name for name, _ in msp_limits._fields_[1:]])
+"""The limits of ``msp_get_limits`` as an immutable record (fields named as in ``msp_limits``)."""
+
+
+def _read_limits() -> Limits:
+    """The loaded library's limits."""
+    raw = msp_limits(struct_size=ctypes.sizeof(msp_limits))
+    lib.msp_get_limits(ctypes.byref(raw))
+    return Limits(*(getattr(raw, name) for name in Limits._fields))
+
+
+LIMITS = _read_limits()
+"""What the library enforces (``include/msp.h``'s ``MSP_MAX_M``, ``MSP_MAX_LEVELS``, ...): Python checks use these."""

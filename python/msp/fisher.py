@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import _buffers
+from . import _arrays
 from ._convert import integer, real
 from ._handle import NativeHandle
 from ._lib import DTYPE_BF16, DTYPE_F16, DTYPE_F32, lib
@@ -31,39 +31,6 @@ __all__ = ["FisherAccumulator", "sum_squares", "add_fisher_diagonal"]
 
 
 _ITEMSIZE = {DTYPE_F32: 4, DTYPE_F16: 2, DTYPE_BF16: 2}
-
-
-class _Vector:
-    """A flat read-only view of an array or tensor for the C API; ``obj`` keeps the memory alive."""
-
-    __slots__ = ("obj", "ptr", "dtype", "count")
-
-    def __init__(self, obj: Any, ptr: int, dtype: int, count: int) -> None:
-        self.obj, self.ptr, self.dtype, self.count = obj, ptr, dtype, count
-
-
-def _as_vector(x: Any, name: str) -> _Vector:
-    """View ``x`` (any shape) as ``count`` contiguous elements for a read-only C argument.
-
-    Raises:
-        TypeError: not a numpy array or torch tensor of float32/float16/bfloat16, or a sparse tensor.
-        ValueError: a tensor off the CPU.
-    """
-    torch = _buffers._torch_of(x)
-    if torch is not None:
-        code = _buffers.tensor_code(torch, x, name)
-        if x.device.type != "cpu":
-            raise ValueError(f"{name} is on device {x.device}; msp reads CPU memory (pass {name}.cpu())")
-        x = x.detach()
-        if not x.is_contiguous():
-            x = x.contiguous()  # read only: the copy is all the library sees
-        return _Vector(x, int(x.data_ptr()), code, int(x.numel()))
-    code = _buffers.ndarray_code(x, name, tensor="a CPU torch tensor")
-    if not (x.flags.c_contiguous and x.flags.aligned):
-        x = np.ascontiguousarray(x)
-        if not x.flags.aligned:
-            x = x.copy()
-    return _Vector(x, int(x.ctypes.data), code, int(x.size))
 
 
 def sum_squares(x: Any) -> float:
@@ -80,7 +47,7 @@ def sum_squares(x: Any) -> float:
         TypeError, ValueError: unsupported object, dtype or device (see the module docstring).
         msp.InvalidArgumentError: a non-finite element (the message gives its flat index).
     """
-    vector = _as_vector(x, "x")
+    vector = _arrays.as_vector(x, "x")
     if vector.count == 0:
         return 0.0
     out = ctypes.c_double()
@@ -109,33 +76,9 @@ def add_fisher_diagonal(grad: Any, diag: Any, scale: float = 1.0) -> None:
             message gives the index), or a bad scale. ``diag`` is unchanged on any error.
     """
     scale = real(scale, "scale")
-    vector = _as_vector(grad, "grad")
-    torch = _buffers._torch_of(diag)
-    if torch is not None:
-        if diag.dtype != torch.float32:
-            raise TypeError(f"diag has dtype {diag.dtype}; the diagonal Fisher is a float32 buffer")
-        if diag.layout != torch.strided:  # a TypeError, as for a sparse grad (_buffers.tensor_code)
-            raise TypeError(f"diag has layout {diag.layout}; the diagonal Fisher is a dense (strided) tensor")
-        if diag.device.type != "cpu":
-            raise ValueError(f"diag must be a dense CPU tensor, got layout {diag.layout} on {diag.device}")
-        if not diag.is_contiguous():
-            raise ValueError("diag is not contiguous; it is updated in place and never copied")
-        if diag.requires_grad and torch.is_grad_enabled():
-            raise ValueError(
-                "diag requires grad and grad mode is on; autograd cannot see msp's in-place writes: "
-                "pass diag.detach() or call inside `with torch.no_grad():`"
-            )
-        count, ptr = int(diag.numel()), int(diag.data_ptr())
-    elif isinstance(diag, np.ndarray) and not isinstance(diag, np.ma.MaskedArray):
-        if diag.dtype != np.float32:
-            raise TypeError(f"diag has dtype {diag.dtype}; the diagonal Fisher is a float32 buffer")
-        if not (diag.flags.c_contiguous and diag.flags.aligned):
-            raise ValueError("diag is not a C-contiguous, aligned array; it is updated in place and never copied")
-        if not diag.flags.writeable:
-            raise ValueError("diag is a read-only array (flags.writeable is False)")
-        count, ptr = int(diag.size), int(diag.ctypes.data)
-    else:
-        raise TypeError(f"diag must be a float32 numpy array or CPU torch tensor, got {type(diag).__name__}")
+    vector = _arrays.as_vector(grad, "grad")
+    out = _arrays.as_output(diag, "diag")
+    count, ptr = out.count, out.ptr
     if count != vector.count:
         raise ValueError(f"diag has {count} elements but grad has {vector.count}")
     if count == 0:
@@ -144,10 +87,9 @@ def add_fisher_diagonal(grad: Any, diag: Any, scale: float = 1.0) -> None:
         # grad overlaps diag (e.g. shifted views of one buffer): read it from a copy, as numpy's
         # `diag += grad**2` would, since the library writes diag while it still reads grad.
         source = vector.obj
-        vector = _as_vector(source.clone() if hasattr(source, "clone") else source.copy(), "grad")
+        vector = _arrays.as_vector(source.clone() if hasattr(source, "clone") else source.copy(), "grad")
     lib.msp_fisher_add_diagonal(vector.ptr, vector.dtype, count, ptr, scale)
-    if torch is not None:
-        torch.autograd.graph.increment_version(diag)
+    _arrays.written(out)
 
 
 class FisherAccumulator(NativeHandle):
@@ -191,12 +133,7 @@ class FisherAccumulator(NativeHandle):
             msp.InvalidArgumentError: no layers, or a size <= 0.
         """
         super().__init__()
-        if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Iterable):
-            raise TypeError(f"sizes must be an iterable of integers, got {type(sizes).__name__}")
-        values = [integer(s, f"sizes[{i}]") for i, s in enumerate(sizes)]
-        for i, s in enumerate(values):
-            if not -(2**63) <= s < 2**63:
-                raise InvalidArgumentError(f"sizes[{i}] ({s}) is outside the int64 range")
+        values = _arrays.layer_sizes(sizes)
         array = np.array(values, dtype=np.int64)
         handle = ctypes.c_void_p()
         lib.msp_fisher_create(array.ctypes.data, len(values), ctypes.byref(handle))
@@ -247,7 +184,7 @@ class FisherAccumulator(NativeHandle):
         handle = self._ptr()
         layer = integer(layer, "layer")
         scale = real(scale, "scale")
-        vector = _as_vector(grad, "grad")
+        vector = _arrays.as_vector(grad, "grad")
         if not 0 <= layer < self.num_layers:
             raise InvalidArgumentError(f"layer ({layer}) must be in [0, {self.num_layers})")
         if vector.count == 0:

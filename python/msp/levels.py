@@ -9,26 +9,35 @@ indices into it::
     msp.nm_levels(m=8, min_n=2)        # [8:8, ..., 2:8]
     msp.ratio_levels([0.7, 0.5, 0.6])  # [50%, 60%, 70%]       (sorted for you)
 
-Anywhere a level set is taken, its items may also be written as ``"2:8"``, ``(2, 8)``, ``"70%"``
-or ``0.7``.
+Anywhere a level set is taken (``msp.plan``, ``msp.Search``, ``msp.cost_table``, plans applied by
+``msp.torch``), its items may be written in any form :meth:`Level.parse` takes: ``"2:8"``,
+``(2, 8)``, ``"70%"``, ``0.7``, ``(sparsity, n, m)`` or an object with ``.sparsity``, ``.n`` and
+``.m`` (such as ``msp.Level`` itself).
 """
 
 from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
-from ._convert import integer, sparsity as _sparsity
-from ._lib import msp_level
+from ._convert import integer, nm_text, sparsity as _sparsity
+from ._lib import LIMITS
+from .errors import InvalidArgumentError
 
 __all__ = ["Level", "nm_levels", "ratio_levels"]
 
-MAX_M = 32
+MAX_M = LIMITS.max_m
 """The largest N:M group size the library supports."""
 
-MAX_LEVELS = 256
+MAX_LEVELS = LIMITS.max_levels
 """The most levels a level set may hold."""
+
+
+def _check_pattern(n: int, m: int, alternative: str = "") -> None:
+    """Raise ``msp.InvalidArgumentError`` unless ``0 < n <= m <= MAX_M``."""
+    if not (0 < n <= m <= MAX_M):
+        raise InvalidArgumentError(f"level {n}:{m} must have 0 < n <= m <= {MAX_M}{alternative}")
 
 
 @dataclass(frozen=True)
@@ -53,10 +62,9 @@ class Level:
         sparsity = _sparsity(self.sparsity, "level sparsity")
         n, m = integer(self.n, "level n"), integer(self.m, "level m")
         if (n, m) != (0, 0):
-            if not (0 < n <= m <= MAX_M):
-                raise ValueError(f"level {n}:{m} must have 0 < n <= m <= {MAX_M} (or n = m = 0: unstructured)")
-            if abs(sparsity - (1.0 - n / m)) > 1e-12:
-                raise ValueError(f"level {n}:{m} has sparsity 1 - {n}/{m} = {1 - n / m}, not {sparsity}")
+            _check_pattern(n, m, " (or n = m = 0: unstructured)")
+            if abs(sparsity - (1.0 - n / m)) > LIMITS.level_sparsity_tolerance:
+                raise InvalidArgumentError(f"level {n}:{m} has sparsity 1 - {n}/{m} = {1 - n / m}, not {sparsity}")
             sparsity = 1.0 - n / m
         object.__setattr__(self, "sparsity", sparsity)
         object.__setattr__(self, "n", n)
@@ -66,8 +74,7 @@ class Level:
     def nm(cls, n: int, m: int) -> "Level":
         """The N:M level keeping ``n`` of every ``m`` weights (``0 < n <= m <= 32``)."""
         n, m = integer(n, "n"), integer(m, "m")
-        if not (0 < n <= m <= MAX_M):
-            raise ValueError(f"level {n}:{m} must have 0 < n <= m <= {MAX_M}")
+        _check_pattern(n, m)
         return cls(1.0 - n / m, n, m)
 
     @classmethod
@@ -77,32 +84,44 @@ class Level:
 
     @classmethod
     def parse(cls, value: Any) -> "Level":
-        """A level from a ``Level``, ``"n:m"``, ``(n, m)``, ``"70%"``, ``"0.7"`` or a number in [0, 1).
+        """A level from any of the forms a level set accepts: a ``Level``; ``"n:m"`` or ``(n, m)``
+        (N:M); ``"70%"``, ``"0.7"`` or a number in [0, 1) (unstructured); ``(sparsity, n, m)`` with
+        ``n = m = 0`` (or None) for unstructured; or any object with ``.sparsity``, ``.n`` and
+        ``.m`` attributes (such as the library's ``msp_level``).
 
         Raises:
             TypeError: an object of another kind.
-            ValueError: malformed text or a value out of range.
+            ValueError: malformed text or a value out of range (``msp.InvalidArgumentError`` for an
+                N:M pattern outside ``0 < n <= m <= 32`` or a sparsity that is not ``1 - n/m``).
         """
         if isinstance(value, Level):
             return value
         if isinstance(value, str):
             text = value.strip()
             if ":" in text:
-                parts = text.split(":")
-                if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-                    raise ValueError(f'level {value!r} is not of the form "n:m", e.g. "2:8"')
-                return cls.nm(int(parts[0]), int(parts[1]))
+                return cls.nm(*nm_text(value, "level", "2:8"))
             try:
                 if text.endswith("%"):
                     return cls.ratio(float(text[:-1]) / 100.0)
                 return cls.ratio(float(text))
             except ValueError as error:
                 raise ValueError(f'level {value!r} is not "n:m", "p%" or a sparsity in [0, 1): {error}') from None
-        if isinstance(value, tuple) and len(value) == 2:
+        if isinstance(value, (tuple, list)) and len(value) == 2:
             return cls.nm(*value)
+        if isinstance(value, (tuple, list)) and len(value) == 3:
+            return cls._of_fields(*value)
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
             return cls.ratio(value)
-        raise TypeError(f'a level is a msp.Level, "n:m", (n, m), "p%" or a sparsity in [0, 1); got {value!r}')
+        if all(hasattr(value, field) for field in ("sparsity", "n", "m")):
+            return cls._of_fields(value.sparsity, value.n, value.m)
+        raise TypeError(
+            f'a level is a msp.Level, "n:m", (n, m), "p%", a sparsity in [0, 1) or (sparsity, n, m); got {value!r}'
+        )
+
+    @classmethod
+    def _of_fields(cls, sparsity: Any, n: Any, m: Any) -> "Level":
+        """The level of explicit fields; None for ``n`` or ``m`` means 0 (unstructured)."""
+        return cls(sparsity, 0 if n is None else n, 0 if m is None else m)
 
     @property
     def is_nm(self) -> bool:
@@ -128,8 +147,6 @@ class Level:
         """The level of a :meth:`to_json` dict (or any form :meth:`parse` takes)."""
         if isinstance(data, dict):
             return cls(data["sparsity"], data.get("n", 0), data.get("m", 0))
-        if isinstance(data, list) and len(data) == 2:
-            data = tuple(data)
         return cls.parse(data)
 
 
@@ -193,20 +210,13 @@ def as_level_set(levels: Any) -> list[Level]:
     """
     if levels is None:
         return nm_levels(8)
-    if isinstance(levels, (str, bytes, Level)) or not isinstance(levels, Iterable):
-        raise TypeError(f"levels must be a sequence of levels (e.g. msp.nm_levels(8)), got {levels!r}")
-    result = [Level.parse(level) for level in levels]
+    try:
+        if isinstance(levels, (str, bytes, Level)):
+            raise TypeError
+        items = list(levels)
+    except TypeError:
+        raise TypeError(f"levels must be a sequence of levels (e.g. msp.nm_levels(8)), got {levels!r}") from None
+    result = [Level.parse(level) for level in items]
     if not result:
         raise ValueError("the level set is empty")
     return result
-
-
-def level_array(levels: Sequence[Level]) -> Any:
-    """The level set as a ctypes ``msp_level`` array for the C API."""
-    array = (msp_level * len(levels))()
-    for k, level in enumerate(levels):
-        array[k].sparsity = level.sparsity
-        array[k].n = level.n
-        array[k].m = level.m
-    return array
-

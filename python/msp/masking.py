@@ -4,35 +4,39 @@ Within a comparison group (an N:M group, a row or a whole layer) weights are ord
 descending, then by index ascending, and the first ones are kept: on ties the lower index is kept,
 exactly as a stable sort would. Results do not depend on the thread count. NaN in the data is an
 error naming its row and column. Buffer rules (dtypes, contiguity, no hidden copies): see
-``msp._buffers``. The calls release the GIL while the library works.
+``msp._arrays``. The calls release the GIL while the library works.
 """
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
-from . import _buffers
-from ._lib import SCOPE_LAYER, SCOPE_ROW, lib
+from . import _arrays
+from ._convert import c_integer, nm_text, real, scope as scope_of
+from ._lib import lib
 
-_SCOPES = {"row": SCOPE_ROW, "layer": SCOPE_LAYER}
 
 
 def _pattern(n: Any, m: Any) -> tuple[int, int]:
     """Parse ``(n, m)``, ``"n:m"`` or ``((n, m), None)`` into two int32 values (ranges: library)."""
     if m is None:
         if isinstance(n, str):
-            parts = n.split(":")
-            if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-                raise ValueError(f'pattern {n!r} is not of the form "n:m", e.g. "2:4"')
-            n, m = (int(p) for p in parts)
+            n, m = nm_text(n, "pattern", "2:4")
         elif isinstance(n, (tuple, list)) and len(n) == 2:
             n, m = n
         else:
             raise TypeError(f'give the pattern as n, m or "n:m" or (n, m), got n={n!r} and no m')
     elif isinstance(n, (str, tuple, list)):
         raise TypeError(f"pattern {n!r} already names m; do not pass m={m!r} too")
-    return _buffers.int32(n, "n"), _buffers.int32(m, "m")
+    return c_integer(n, "n"), c_integer(m, "m")
+
+
+def _pruning_buffers(weight: Any, col_scale: Any, return_mask: bool) -> tuple:
+    """``(matrix, scale, (mask, mask pointer))`` of an in-place pruning call: the weight's view, the
+    private col_scale copy (or None) and the keep mask (``(None, None)`` without one)."""
+    matrix = _arrays.as_matrix(weight, "weight", inplace=True)
+    scale = _arrays.col_scale(col_scale, matrix.cols)
+    return matrix, scale, _arrays.new_keep_mask(matrix) if return_mask else (None, None)
 
 
 def nm_mask(scores: Any, n: Any, m: Any = None) -> Any:
@@ -56,8 +60,8 @@ def nm_mask(scores: Any, n: Any, m: Any = None) -> Any:
             NaN score.
     """
     n, m = _pattern(n, m)
-    matrix = _buffers.as_matrix(scores, "scores", inplace=False)
-    mask, mask_ptr = _buffers.new_keep_mask(matrix)
+    matrix = _arrays.as_matrix(scores, "scores", inplace=False)
+    mask, mask_ptr = _arrays.new_keep_mask(matrix)
     lib.msp_nm_mask(matrix.ptr, matrix.dtype, matrix.rows, matrix.cols, n, m, mask_ptr)
     return mask
 
@@ -82,17 +86,14 @@ def prune_nm_(
         The bool keep mask (numpy for numpy input, torch for torch input), or None.
 
     Raises:
-        TypeError, ValueError: see ``msp._buffers``; ``msp.InvalidArgumentError`` for a bad pattern,
+        TypeError, ValueError: see ``msp._arrays``; ``msp.InvalidArgumentError`` for a bad pattern,
             NaN weight, bad col_scale or NaN score (inf weight times zero scale). On any error
             ``weight`` is unchanged.
     """
     n, m = _pattern(n, m)
-    matrix = _buffers.as_matrix(weight, "weight", inplace=True)
-    scale = _buffers.as_col_scale(col_scale, matrix.cols)
-    mask, mask_ptr = _buffers.new_keep_mask(matrix) if return_mask else (None, None)
-    scale_ptr = None if scale is None else scale.ctypes.data
-    lib.msp_nm_prune(matrix.ptr, matrix.dtype, matrix.rows, matrix.cols, n, m, scale_ptr, mask_ptr)
-    _buffers.written(matrix)
+    matrix, scale, (mask, mask_ptr) = _pruning_buffers(weight, col_scale, return_mask)
+    lib.msp_nm_prune(matrix.ptr, matrix.dtype, matrix.rows, matrix.cols, n, m, _arrays.pointer(scale), mask_ptr)
+    _arrays.written(matrix)
     return mask
 
 
@@ -124,19 +125,13 @@ def prune_topk_(
         TypeError, ValueError: as for ``prune_nm_``; ``msp.InvalidArgumentError`` also for a
             sparsity outside [0, 1) or NaN. On any error ``weight`` is unchanged.
     """
-    if scope not in _SCOPES:
-        raise ValueError(f'scope must be "row" or "layer", got {scope!r}')
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
-        raise TypeError(f"sparsity must be a real number, got {type(sparsity).__name__}")
-    sparsity = float(sparsity)
-    matrix = _buffers.as_matrix(weight, "weight", inplace=True)
-    scale = _buffers.as_col_scale(col_scale, matrix.cols)
-    mask, mask_ptr = _buffers.new_keep_mask(matrix) if return_mask else (None, None)
-    scale_ptr = None if scale is None else scale.ctypes.data
+    scope_code = scope_of(scope)
+    sparsity = real(sparsity, "sparsity")
+    matrix, scale, (mask, mask_ptr) = _pruning_buffers(weight, col_scale, return_mask)
     lib.msp_topk_prune(
-        matrix.ptr, matrix.dtype, matrix.rows, matrix.cols, sparsity, _SCOPES[scope], scale_ptr, mask_ptr
+        matrix.ptr, matrix.dtype, matrix.rows, matrix.cols, sparsity, scope_code, _arrays.pointer(scale), mask_ptr
     )
-    _buffers.written(matrix)
+    _arrays.written(matrix)
     return mask
 
 
@@ -145,7 +140,7 @@ def set_num_threads(n: int) -> None:
 
     Process-wide. Results never depend on it. Raises ``msp.InvalidArgumentError`` for ``n < 0``.
     """
-    lib.msp_set_num_threads(_buffers.int32(n, "n"))
+    lib.msp_set_num_threads(c_integer(n, "n"))
 
 
 def get_num_threads() -> int:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import msp
-from msp.costs import cost_table, level_array
+from msp.costs import cost_table
+from msp._arrays import level_array
 
 NM_LEVELS = [(0.0, 4, 4), (0.125, 7, 8), (0.25, 3, 4), (0.5, 2, 4), (0.625, 3, 8), (0.75, 1, 4), (0.875, 1, 8)]
 UNSTRUCTURED_LEVELS = [(0.0, 0, 0), (0.1, 0, 0), (0.3, 0, 0), (0.5, 0, 0), (0.75, 0, 0), (0.9, 0, 0)]
@@ -174,7 +175,9 @@ def test_bad_input():
     with pytest.raises(ValueError, match="empty"):
         cost_table(w, [])
     with pytest.raises(TypeError):
-        cost_table(w, ["2:4"])
+        cost_table(w, [None])
+    with pytest.raises(TypeError):
+        cost_table(w, None)
     with pytest.raises(TypeError):
         cost_table(w.astype(np.float64), UNSTRUCTURED_LEVELS)
     with pytest.raises(msp.InvalidArgumentError, match=r"level 1 \(1:8\): cols \(12\) is not a multiple of m"):

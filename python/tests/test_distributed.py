@@ -19,6 +19,7 @@ if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))
 
 import distributed_search  # noqa: E402
+import msp  # noqa: E402
 
 VOCAB, DIM, T = 53, 16, 12
 
@@ -65,10 +66,10 @@ def failing_setup():
     return model, calibration, batches
 
 
-@pytest.mark.parametrize("method,levels,target", [("wanda", None, 0.75), ("magnitude", [0.3, 0.5, 0.6, 0.7, 0.8], 0.6)])
-def test_two_processes_find_the_single_process_plan(method, levels, target):
-    job = distributed_search.Job(setup=small_setup, target=target, levels=levels, method=method,
-                                 search=dict(generations=3, offspring=5), seed=7)
+@pytest.mark.parametrize("pruner,levels,target", [("wanda", None, 0.75), ("magnitude", [0.3, 0.5, 0.6, 0.7, 0.8], 0.6)])
+def test_two_processes_find_the_single_process_plan(pruner, levels, target):
+    job = distributed_search.Job(setup=small_setup, target=target, levels=levels, pruner=pruner,
+                                 settings=msp.SearchSettings(generations=3, offspring=5, seed=7))
     distributed = distributed_search.launch(job, world_size=2)
     single = distributed_search.single_process(job)
     assert distributed.levels == single.levels
@@ -79,6 +80,6 @@ def test_two_processes_find_the_single_process_plan(method, levels, target):
 
 
 def test_a_failing_rank_stops_every_rank():
-    job = distributed_search.Job(setup=failing_setup, search=dict(generations=2, offspring=4))
+    job = distributed_search.Job(setup=failing_setup, settings=msp.SearchSettings(generations=2, offspring=4))
     with pytest.raises(Exception, match="rank 1 broke"):
         distributed_search.launch(job, world_size=2)

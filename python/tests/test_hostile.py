@@ -163,7 +163,7 @@ def with_layout(base, layout):
 
 
 def writable_in_place(x):
-    """What the package promises to write in place: the rules of ``msp._buffers``."""
+    """What the package promises to write in place: the rules of ``msp._arrays``."""
     if is_torch(x):
         return x.is_contiguous()
     return x.flags.c_contiguous and x.flags.aligned and x.flags.writeable

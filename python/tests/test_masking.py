@@ -592,3 +592,18 @@ def test_library_errors_are_value_errors_with_status():
     assert isinstance(info.value, msp.InvalidArgumentError)
     assert info.value.status == 1
     assert info.value.message == "n (4) must be less than m (4)"
+
+
+# --- threads --------------------------------------------------------------------------------------
+
+
+def test_thread_settings():
+    msp.set_num_threads(3)
+    assert msp.get_num_threads() == 3
+    msp.set_num_threads(0)  # one per core
+    assert msp.get_num_threads() >= 1
+    with pytest.raises(msp.InvalidArgumentError, match="num_threads"):
+        msp.set_num_threads(-1)
+    assert msp.get_num_threads() >= 1
+    with pytest.raises(TypeError):
+        msp.set_num_threads(1.5)

@@ -19,7 +19,6 @@ import pytest
 
 import msp
 from msp.errors import InvalidArgumentError, InvalidStateError
-from msp.planner import Search
 
 SIZES = [4096, 8192, 4096, 12288, 4096, 8192, 16384, 4096, 8192]
 SETTINGS = dict(generations=6, offspring=5, survivors=3, seed=11, surrogate_candidates=2, pair_rate=0.5)
@@ -39,7 +38,7 @@ def fitness(levels, fidelity=0):
 
 def make(**overrides):
     proxy = np.array([[((i * 5) % 7 + 1) * k * k for k in range(8)] for i in range(len(SIZES))], dtype=float)
-    return Search(SIZES, 0.625, msp.nm_levels(8), sensitivity=np.arange(1.0, 10.0), proxy_costs=proxy,
+    return msp.Search(SIZES, 0.625, msp.nm_levels(8), sensitivity=np.arange(1.0, 10.0), proxy_costs=proxy,
                   **{**SETTINGS, **overrides})
 
 
@@ -77,7 +76,7 @@ def test_saved_after_any_call_continues_identically(tmp_path, fidelity_levels):
             for _ in range(cut):
                 step(original, transcript)
             original.save(path)
-            with Search.load(path) as resumed:
+            with msp.Search.load(path) as resumed:
                 assert resumed.history == original.history and resumed.progress == original.progress
                 rest = list(transcript)
                 assert finish(resumed, rest) == outcome, f"cut {cut}"
@@ -98,9 +97,9 @@ def test_resume_in_a_new_process_gives_the_same_plan(tmp_path):
     script = textwrap.dedent(f"""
         import json, sys
         sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import msp
         from test_search_checkpoint import finish
-        from msp.planner import Search
-        with Search.load({str(path)!r}) as search:
+        with msp.Search.load({str(path)!r}) as search:
             levels, value, history, evaluations = finish(search, [])
         print(json.dumps([levels, value, history, evaluations]))
     """)
@@ -121,7 +120,7 @@ def test_save_from_inside_run_resumes_the_pending_batch(tmp_path):
             return fitness(plan.levels)
 
         expected = search.run(saving, progress=False)
-    with Search.load(path) as resumed:
+    with msp.Search.load(path) as resumed:
         candidates = [c.levels for c in resumed.ask()]
         assert calls[8] in candidates  # the batch that was being scored
         best = resumed.run(lambda p: fitness(p.levels), progress=False)
@@ -147,7 +146,7 @@ def test_save_replaces_the_file_atomically(tmp_path, monkeypatch):
         monkeypatch.undo()
         search.save(path)
         assert path.read_bytes() != before
-        with Search.load(path) as loaded:
+        with msp.Search.load(path) as loaded:
             assert loaded.progress == search.progress
 
 
@@ -176,7 +175,7 @@ def test_damaged_or_foreign_files_are_refused_with_a_clear_message(tmp_path):
     def refused(data, match):
         bad.write_bytes(data)
         with pytest.raises(InvalidArgumentError, match=match):
-            Search.load(bad)
+            msp.Search.load(bad)
 
     refused(b"", "shorter than the smallest search file")
     refused(b"PK\x03\x04" + bytes(100), "magic bytes differ")
@@ -196,7 +195,7 @@ def test_damaged_or_foreign_files_are_refused_with_a_clear_message(tmp_path):
             "checksum does not match")
     refused(_reseal(good[:native] + good[native + 20 :]), "not a valid msp search checkpoint")
     with pytest.raises(FileNotFoundError):
-        Search.load(tmp_path / "missing.msps")
+        msp.Search.load(tmp_path / "missing.msps")
 
 
 def test_closed_search_cannot_save(tmp_path):

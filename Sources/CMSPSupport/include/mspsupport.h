@@ -1,4 +1,5 @@
-/* Thread-local storage for the C ABI's last error message. Internal to libmsp. */
+/* Small C helpers of the C ABI: the thread-local last error message and the version string.
+ * Internal to libmsp. */
 #ifndef MSPSUPPORT_H
 #define MSPSUPPORT_H
 
@@ -7,5 +8,9 @@ __attribute__((visibility("hidden"))) void mspsupport_set_error(const char *mess
 
 /* The calling thread's error buffer ("" when no error was set). */
 __attribute__((visibility("hidden"))) const char *mspsupport_error(void);
+
+/* MSP_VERSION_STRING of include/msp.h, a literal with static storage (Swift cannot import the
+ * macro: the preprocessor builds it from the version numbers). */
+__attribute__((visibility("hidden"))) const char *mspsupport_version_string(void);
 
 #endif

@@ -1,14 +1,13 @@
-"""msp.torch.linear_layers and fisher_traces on a tiny causal LM built here.
+"""msp.torch.calibration: causal_lm_loss, fisher_traces and activation_norms on tiny causal LMs built
+here.
 
 Reference traces: for every sample, the loss (next-token cross-entropy written out in this file) is
 differentiated with ``torch.autograd.grad`` and the squared gradients are summed in float64; the
 trace is their mean over samples. The memory property (one layer's gradient at a time) is checked
-by the order of gradient hooks, not by timing or allocator statistics.
+by the order of gradient hooks, not by timing or allocator statistics. Reference activation norms:
+the layer inputs recomputed by hand in float64.
 """
 
-import types
-
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -16,35 +15,10 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import msp  # noqa: E402
-from msp.torch import causal_lm_loss, fisher_traces, linear_layers  # noqa: E402
-
-VOCAB, DIM, T = 37, 12, 9
-
-
-class TinyLM(nn.Module):
-    """Embedding, a residual MLP, one more linear with dropout, and an output head; returns an
-    object with ``.logits`` like Hugging Face models."""
-
-    def __init__(self, seed=0, dtype=torch.float32):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.embed = nn.Embedding(VOCAB, DIM)
-        self.fc1 = nn.Linear(DIM, 2 * DIM)
-        self.fc2 = nn.Linear(2 * DIM, DIM, bias=False)
-        self.block = nn.Sequential(nn.Linear(DIM, DIM), nn.Dropout(0.5))
-        self.lm_head = nn.Linear(DIM, VOCAB)
-        self.to(dtype)
-
-    def forward(self, input_ids, attention_mask=None):
-        h = self.embed(input_ids)
-        h = h + self.fc2(torch.tanh(self.fc1(h)))
-        h = torch.tanh(self.block(h))
-        return types.SimpleNamespace(logits=self.lm_head(h))
-
-
-def batches(n, seed=1, rows=1):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, VOCAB, (rows, T), generator=g) for _ in range(n)]
+from msp.torch import activation_norms, causal_lm_loss, fisher_traces, linear_layers  # noqa: E402
+from torch_models import BLOCK_DIM, MLP_DIM as DIM, MLP_VOCAB as VOCAB, BlockLM, MlpLM as TinyLM  # noqa: E402
+from torch_models import block_batches  # noqa: E402
+from torch_models import mlp_batches as batches  # noqa: E402
 
 
 def reference_traces(model, names, samples, per_parameter=False):
@@ -67,39 +41,6 @@ def assert_close(got, expected, tol=1e-5):
     assert list(got) == list(expected)
     for name in expected:
         assert abs(got[name] - expected[name]) <= tol * abs(expected[name]), name
-
-
-# --- linear_layers ------------------------------------------------------------------------------
-
-
-def test_linear_layers_in_module_order_with_ignore_rules():
-    model = TinyLM()
-    assert list(linear_layers(model)) == ["fc1", "fc2", "block.0"]
-    assert list(linear_layers(model, ignore=[])) == ["fc1", "fc2", "block.0", "lm_head"]
-    assert list(linear_layers(model, ignore="block")) == ["fc1", "fc2", "lm_head"]
-    assert list(linear_layers(model, ignore=("0", "lm_head"))) == ["fc1", "fc2"]
-    assert linear_layers(model)["fc1"] is model.fc1
-    outer = nn.ModuleDict({"model": model})
-    assert list(linear_layers(outer)) == ["model.fc1", "model.fc2", "model.block.0"]
-    with pytest.raises(TypeError, match="module names"):
-        linear_layers(model, ignore=[3])
-
-
-def test_hugging_face_conv1d_is_rejected_unless_ignored():
-    class Conv1D(nn.Module):  # the shape of transformers.pytorch_utils.Conv1D: weight [in, out]
-        def __init__(self, nf, nx):
-            super().__init__()
-            self.weight = nn.Parameter(torch.zeros(nx, nf))
-
-    Conv1D.__module__ = "transformers.pytorch_utils"
-    model = nn.ModuleDict({"attn": nn.ModuleDict({"c_attn": Conv1D(6, 4)}), "proj": nn.Linear(4, 4)})
-    with pytest.raises(TypeError, match=r"Conv1D modules \(attn.c_attn\).*transpose"):
-        linear_layers(model)
-    assert list(linear_layers(model, ignore=["c_attn"])) == ["proj"]
-    pytorch_utils = pytest.importorskip("transformers.pytorch_utils")
-    real = nn.ModuleDict({"c_fc": pytorch_utils.Conv1D(8, 4)})
-    with pytest.raises(TypeError, match="c_fc"):
-        linear_layers(real)
 
 
 # --- fisher_traces ------------------------------------------------------------------------------
@@ -327,3 +268,38 @@ def test_progress_line_on_stderr_only_when_enabled(capsys, monkeypatch):
     fisher_traces(model, layers, batches(2), progress=True)
     err = capsys.readouterr().err
     assert "fisher: 2/2 batches" in err
+
+
+# --- activation_norms -----------------------------------------------------------------------------
+
+
+def test_activation_norms_match_reference():
+    model = BlockLM(seed=7)
+    layers = linear_layers(model)
+    data = block_batches(3, rows=2) + [{"input_ids": block_batches(1, seed=9, rows=3)[0]}]
+    model.train()
+    norms = activation_norms(model, layers, data)
+    assert model.training  # mode restored
+    sums = {n: torch.zeros(m.in_features, dtype=torch.float64) for n, m in layers.items()}
+    with torch.no_grad():
+        for batch in data:
+            ids = batch["input_ids"] if isinstance(batch, dict) else batch
+            inputs, _ = model.block_inputs(ids)
+            for name, x in inputs.items():
+                sums[name] += (x.double().reshape(-1, x.shape[-1]) ** 2).sum(0)
+    assert list(norms) == list(layers)
+    for name, norm in norms.items():
+        assert norm.dtype == torch.float32 and norm.shape == (layers[name].in_features,)
+        torch.testing.assert_close(norm, sums[name].sqrt().float(), rtol=1e-6, atol=0)
+    for module in model.modules():
+        assert not module._forward_pre_hooks
+
+
+def test_activation_norms_reject_layers_that_never_run():
+    model = BlockLM()
+    layers = linear_layers(model)
+    layers["spare"] = nn.Linear(BLOCK_DIM, BLOCK_DIM)
+    with pytest.raises(ValueError, match="never ran.*spare"):
+        activation_norms(model, layers, block_batches(1))
+    with pytest.raises(ValueError, match="empty"):
+        activation_norms(model, linear_layers(model), [])

@@ -1,4 +1,5 @@
-"""Calling a PyTorch model on a batch: shared by the ``msp.torch`` modules (torch imported here)."""
+"""Small device and forward utilities shared by the ``msp.torch`` modules: a model's device,
+moving a batch to it, calling the model on a batch, reading its logits, and eval mode."""
 
 from __future__ import annotations
 

@@ -14,20 +14,29 @@ chunks of token positions, so the extra memory beyond the model's own logits of 
 A batch is a LongTensor of token ids ``[B, T]`` (called as ``model(ids)``) or a dict of model
 inputs with ``"input_ids"`` (called as ``model(**inputs)``; an ``"attention_mask"`` marks padding,
 a ``"labels"`` entry replaces the ids as perplexity targets, -100 = ignored). The model returns
-logits ``[B, T, V]`` as a tensor, as ``.logits`` or as ``output[0]``.
+logits ``[B, T, V]`` as a tensor, as ``.logits`` or as ``output[0]``. Models on any device work:
+batches are moved to the model's device, the references are kept on the CPU.
+
+Any other model (an encoder, a classifier on ``(x, y)`` batches) gets its KL divergence to the
+dense model with ``forward_fn(model, batch)``: its output's logits ``[..., V]`` are distributions
+over the last dimension, one per position of the leading dimensions (no mask)::
+
+    run = lambda model, batch: model(batch[0])
+    dense = reference_logits(model, batches, forward_fn=run)
+    kl = kl_to_dense(model, batches, dense, forward_fn=run)
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._torch_util import call_model, eval_mode, logits_of
+from .forward import call_model, device_of, eval_mode, logits_of, to_device
 
 __all__ = ["perplexity", "kl_to_dense", "reference_logits", "TopK"]
 
@@ -52,6 +61,22 @@ def _forward(model: nn.Module, batch: Any) -> torch.Tensor:
     if logits.dim() != 3 or logits.shape[:2] != ids.shape:
         raise ValueError(f"expected logits [B, T, V] for ids {tuple(ids.shape)}, got {tuple(logits.shape)}")
     return logits
+
+
+ForwardFn = Callable[[nn.Module, Any], Any]
+
+
+def _distributions(model: nn.Module, batch: Any, forward_fn: ForwardFn | None) -> tuple[torch.Tensor, Any]:
+    """``(logits [..., V], keep)`` of one batch: by default a causal LM's ``[B, T, V]`` with the
+    batch's attention mask as ``keep`` (or None); with ``forward_fn`` its output's logits, every
+    position kept (``keep`` None)."""
+    if forward_fn is None:
+        _, mask, _ = _ids_and_mask(batch)
+        return _forward(model, batch), mask
+    logits = logits_of(forward_fn(model, to_device(batch, device_of(model))), "")
+    if logits.dim() < 1 or logits.shape[-1] == 0:
+        raise ValueError(f"forward_fn gave logits of shape {tuple(logits.shape)}; expected [..., V]")
+    return logits, None
 
 
 def _check_chunk(chunk_tokens: int) -> int:
@@ -112,6 +137,7 @@ def reference_logits(
     top_k: int | None = None,
     dtype: torch.dtype = torch.float32,
     chunk_tokens: int = CHUNK_TOKENS,
+    forward_fn: ForwardFn | None = None,
 ) -> list[Any]:
     """The dense model's next-token distributions on ``batches``, for :func:`kl_to_dense`.
 
@@ -123,9 +149,13 @@ def reference_logits(
             :class:`TopK`), and the KL then treats the other tokens as one category.
         dtype: storage dtype of the log-probabilities (float32, or float16/bfloat16 to halve it).
         chunk_tokens: positions per vocabulary chunk.
+        forward_fn: ``forward_fn(model, batch)`` for a model that is not a causal LM taking ids
+            (its output's logits ``[..., V]``; see the module docstring); default: the causal LM
+            call.
 
     Returns:
-        One entry per batch, on the CPU: a tensor ``[B, T, V]`` or a :class:`TopK`.
+        One entry per batch, on the CPU: a tensor ``[B, T, V]`` (``[..., V]`` with
+        ``forward_fn``) or a :class:`TopK`.
     """
     chunk_tokens = _check_chunk(chunk_tokens)
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
@@ -133,8 +163,8 @@ def reference_logits(
     stored: list[Any] = []
     with eval_mode(model), torch.no_grad():
         for batch in batches:
-            logits = _forward(model, batch)
-            b, t, vocab = logits.shape
+            logits, _ = _distributions(model, batch, forward_fn)
+            lead, vocab = tuple(logits.shape[:-1]), logits.shape[-1]
             flat = logits.reshape(-1, vocab)
             values, indices, rests = [], [], []
             for start in range(0, flat.shape[0], chunk_tokens):
@@ -147,14 +177,14 @@ def reference_logits(
                     indices.append(i.cpu())
                     rests.append(logp.scatter(-1, i, -math.inf).logsumexp(-1).double().cpu())
             if top_k is None:
-                stored.append(torch.cat(values).reshape(b, t, vocab))
+                stored.append(torch.cat(values).reshape(*lead, vocab))
             else:
                 k = values[0].shape[-1]
                 stored.append(
                     TopK(
-                        torch.cat(values).reshape(b, t, k),
-                        torch.cat(indices).reshape(b, t, k),
-                        torch.cat(rests).reshape(b, t),
+                        torch.cat(values).reshape(*lead, k),
+                        torch.cat(indices).reshape(*lead, k),
+                        torch.cat(rests).reshape(lead),
                     )
                 )
     return stored
@@ -188,7 +218,12 @@ def _kl_top(
 
 
 def kl_to_dense(
-    model: nn.Module, batches: Iterable[Any], dense_logits: list[Any], *, chunk_tokens: int = CHUNK_TOKENS
+    model: nn.Module,
+    batches: Iterable[Any],
+    dense_logits: list[Any],
+    *,
+    chunk_tokens: int = CHUNK_TOKENS,
+    forward_fn: ForwardFn | None = None,
 ) -> float:
     """Mean ``KL(p_dense || p_model)`` of the next-token distributions, over all positions.
 
@@ -199,6 +234,7 @@ def kl_to_dense(
             (any float dtype, any device), or a top-k reference: a :class:`TopK` or a
             ``(log_probs, indices)`` pair (:func:`reference_logits` makes either form).
         chunk_tokens: positions per vocabulary chunk.
+        forward_fn: as for :func:`reference_logits` (the same one).
 
     Returns:
         The mean KL divergence in nats per position (0 for the dense model itself). Positions with
@@ -214,19 +250,19 @@ def kl_to_dense(
     total, count = 0.0, 0
     with eval_mode(model), torch.no_grad():
         for batch, reference in zip(batches, dense_logits):
-            _, mask, _ = _ids_and_mask(batch)
-            logits = _forward(model, batch)
-            b, t, vocab = logits.shape
+            logits, mask = _distributions(model, batch, forward_fn)
+            lead, vocab = tuple(logits.shape[:-1]), logits.shape[-1]
+            positions = math.prod(lead)
             top = isinstance(reference, tuple)
             ref_values = reference[0] if top else reference
-            if ref_values.shape[:2] != (b, t) or (not top and ref_values.shape[-1] != vocab):
+            if tuple(ref_values.shape[:-1]) != lead or (not top and ref_values.shape[-1] != vocab):
                 raise ValueError(
                     f"the dense reference has shape {tuple(ref_values.shape)} for logits {tuple(logits.shape)}"
                 )
             flat = logits.reshape(-1, vocab)
-            ref_flat = ref_values.reshape(b * t, -1)
-            idx_flat = reference[1].reshape(b * t, -1) if top else None
-            rest_flat = reference[2].reshape(b * t) if top and len(reference) > 2 and reference[2] is not None else None
+            ref_flat = ref_values.reshape(positions, -1)
+            idx_flat = reference[1].reshape(positions, -1) if top else None
+            rest_flat = reference[2].reshape(positions) if top and len(reference) > 2 and reference[2] is not None else None
             keep = None if mask is None else mask.reshape(-1).to(logits.device) != 0
             for start in range(0, flat.shape[0], chunk_tokens):
                 stop = start + chunk_tokens

@@ -6,7 +6,10 @@ A plan is what the planner returns (``msp.plan``), what a fitness function recei
     plan = msp.plan(sizes, target=0.75, sensitivity=traces, fitness=perplexity)
     print(plan.summary(names))
     plan.save("plan.json"); same = msp.Plan.load("plan.json")
-    recipe = plan.to_dict(names)          # {module_name: sparsity}, e.g. for llm-compressor
+    ratios = plan.to_dict(names)          # {module_name: sparsity}, for your own pruning loop
+
+For llm-compressor use ``msp.integrations.llmcompressor.modifiers(plan, layers)``: its modifiers
+take no dict, and N:M levels need their own ``mask_structure``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ class Plan:
         method: how the plan was made ("search", "prior", "exact", "uniform"), or None.
         params: the planner settings (JSON-ready).
         seed: the search seed, or None.
+        names: the layer names, one per layer in layer order (e.g. ``list(linear_layers(model))``),
+            or None. Saved and loaded with the plan, used by :meth:`to_dict` and :meth:`summary`
+            when they are given no names, and checked by ``msp.torch.Pruner.apply``.
 
     Plans compare equal when every saved field is equal.
     """
@@ -74,6 +80,7 @@ class Plan:
         "method",
         "params",
         "seed",
+        "names",
     )
 
     def __init__(
@@ -89,13 +96,14 @@ class Plan:
         method: str | None = None,
         params: dict | None = None,
         seed: int | None = None,
+        names: Iterable[str] | None = None,
     ) -> None:
         """Build a plan and check that its indices fit the level set.
 
         Raises:
-            TypeError: a value of the wrong type.
-            ValueError: ``levels`` and ``sizes`` of different lengths, no layers, a size <= 0, or
-                an index outside the level set.
+            TypeError: a value of the wrong type (a name that is not a str included).
+            ValueError: ``levels`` and ``sizes`` of different lengths, no layers, a size <= 0, an
+                index outside the level set, or names that are not one distinct name per layer.
         """
         level_set = [Level.parse(level) for level in level_set]
         levels = [integer(k, f"levels[{i}]") for i, k in enumerate(levels)]
@@ -112,55 +120,39 @@ class Plan:
         for i, s in enumerate(sizes):
             if s <= 0:
                 raise ValueError(f"sizes[{i}] ({s}) must be > 0")
-        self._fill(
-            levels, _LevelTable(level_set, sizes), optional_real(fitness, "fitness"), history,
-            integer(evaluations, "evaluations"), optional_real(target, "target"), method, params,
-            None if seed is None else integer(seed, "seed"))
+        self._fill(levels, LevelTable(level_set, sizes), fitness=fitness, history=history, evaluations=evaluations,
+                   target=target, method=method, params=params, seed=seed, names=names)
 
     @classmethod
-    def _of_checked(
-        cls,
-        levels: list[int],
-        table: "_LevelTable",
-        *,
-        fitness: float | None = None,
-        history: Iterable[float] = (),
-        evaluations: int = 0,
-        target: float | None = None,
-        method: str | None = None,
-        params: dict | None = None,
-        seed: int | None = None,
-    ) -> "Plan":
+    def of_checked(cls, levels: list[int], table: "LevelTable", **fields: Any) -> "Plan":
         """A plan whose indices the library has already checked (the planner's hot path).
 
-        Equal to ``Plan(levels, table.level_set, table.sizes, ...)`` field for field, without
+        Equal to ``Plan(levels, table.level_set, table.sizes, **fields)`` field for field, without
         re-validating every index and size: ``levels`` must be a list of Python ints within the
-        level set, and the other fields must already be of the right types.
+        level set.
         """
         plan = cls.__new__(cls)
-        plan._fill(
-            levels, table, None if fitness is None else float(fitness), history, int(evaluations),
-            None if target is None else float(target), method, params, None if seed is None else int(seed))
+        plan._fill(levels, table, **fields)
         return plan
 
-    def _fill(
-        self, levels: list[int], table: "_LevelTable", fitness: float | None, history: Iterable[float],
-        evaluations: int, target: float | None, method: str | None, params: dict | None, seed: int | None,
-    ) -> None:
-        """Sets every field from checked indices and normalised metadata."""
+    def _fill(self, levels: list[int], table: "LevelTable", *, fitness: Any = None, history: Iterable[float] = (),
+              evaluations: Any = 0, target: Any = None, method: Any = None, params: Any = None, seed: Any = None,
+              names: Any = None) -> None:
+        """Set every field from checked indices; the metadata is checked and normalised here."""
         self.levels = levels
         self.level_set = list(table.level_set)
         self.sizes = list(table.sizes)
         self.sparsity = [table.sparsity[k] for k in levels]
         self.nm = [table.nm[k] for k in levels]
         self.average_sparsity = math.fsum(map(operator.mul, table.sizes, self.sparsity)) / table.total
-        self.fitness = fitness
+        self.fitness = optional_real(fitness, "fitness")
         self.history = [float(h) for h in history]
-        self.evaluations = evaluations
-        self.target = target
+        self.evaluations = integer(evaluations, "evaluations")
+        self.target = optional_real(target, "target")
         self.method = None if method is None else str(method)
         self.params = dict(params) if params else {}
-        self.seed = seed
+        self.seed = None if seed is None else integer(seed, "seed")
+        self.names = None if names is None else layer_names(names, len(levels))
 
     # --- views ------------------------------------------------------------------------------------
 
@@ -177,36 +169,43 @@ class Plan:
         """The :class:`Level` of every layer."""
         return [self.level_set[k] for k in self.levels]
 
-    def to_dict(self, names: Iterable[str]) -> dict[str, float]:
-        """The plan as ``{name: sparsity}``, e.g. for llm-compressor's ``sparsity=``.
+    def to_dict(self, names: Iterable[str] | None = None) -> dict[str, float]:
+        """The plan as ``{name: sparsity}``: one sparsity per layer name, for a pruning loop of
+        your own (or a script that takes per-layer ratios). It drops the N:M pattern: a layer at
+        ``2:8`` reads 0.75, the same as 75 % unstructured (``layer_levels`` keeps the levels).
+
+        Not for llm-compressor: its ``sparsity=`` takes a float or a list in its own target order
+        (a dict fails its validation), and N:M levels need a ``mask_structure`` per modifier in its
+        pruned-count convention. ``msp.integrations.llmcompressor.modifiers(plan, layers)`` writes
+        those modifiers.
 
         Args:
             names: one distinct name per layer, in layer order (a dict such as the one
-                ``msp.torch.linear_layers`` returns gives its keys).
+                ``msp.torch.linear_layers`` returns gives its keys); None uses the plan's own
+                :attr:`names`.
 
         Raises:
-            ValueError: a different number of names than layers, or a repeated name.
+            ValueError: a different number of names than layers, a repeated name, or no names
+                (None given and the plan has none).
         """
-        names = list(names)
-        if len(names) != len(self.levels):
-            raise ValueError(f"got {len(names)} names for a plan of {len(self.levels)} layers")
-        result = dict(zip(names, self.sparsity))
-        if len(result) != len(names):
-            seen: set = set()
-            repeated = next(n for n in names if n in seen or seen.add(n))
-            raise ValueError(f"layer name {repeated!r} appears more than once")
-        return result
+        if names is None:
+            if self.names is None:
+                raise ValueError("this plan has no layer names: pass names (e.g. list(layers)) or make the plan "
+                                 "with names=")
+            names = self.names
+        return dict(zip(layer_names(names, len(self.levels)), self.sparsity))
 
     def summary(self, names: Iterable[str] | None = None) -> str:
         """A table a person reads: per layer its index (and name), size, level and sparsity; then totals.
 
         Args:
-            names: optional layer names, one per layer.
+            names: optional layer names, one per layer; None uses the plan's own :attr:`names`
+                (if any).
 
         Raises:
             ValueError: a different number of names than layers.
         """
-        names = None if names is None else [str(n) for n in names]
+        names = self.names if names is None else [str(n) for n in names]
         if names is not None and len(names) != len(self.levels):
             raise ValueError(f"got {len(names)} names for a plan of {len(self.levels)} layers")
         total = sum(self.sizes)
@@ -269,6 +268,7 @@ class Plan:
             "fitness": _encode_float(self.fitness),
             "history": [_encode_float(h) for h in self.history],
             "evaluations": self.evaluations,
+            **({} if self.names is None else {"names": list(self.names)}),
         }
 
     @classmethod
@@ -295,13 +295,16 @@ class Plan:
                 method=data.get("method"),
                 params=data.get("params") or {},
                 seed=data.get("seed"),
+                names=data.get("names"),
             )
         except KeyError as error:
             raise ValueError(f"msp plan is missing the field {error}") from None
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the plan as JSON (level set, sizes, levels, target, method, params, seed, fitness,
-        history). The file is replaced atomically: a reader never sees half a plan."""
+        history, and the layer names when it has them). The file is replaced atomically: a reader
+        never sees half a plan. Plans saved without names (as before names existed) load with
+        ``names`` None."""
         path = os.fspath(path)
         text = json.dumps(self.to_json(), indent=1, allow_nan=False)
         temporary = f"{path}.tmp{os.getpid()}"
@@ -337,10 +340,32 @@ class Plan:
     __hash__ = None  # type: ignore[assignment]  # mutable fields
 
 
-class _LevelTable:
+def layer_names(names: Iterable[str], count: int) -> list[str]:
+    """``names`` as a list of ``count`` distinct strings.
+
+    Raises:
+        TypeError: a string instead of a sequence, or a name that is not a str.
+        ValueError: another count, or a repeated name.
+    """
+    if isinstance(names, (str, bytes)):
+        raise TypeError("names must be a sequence of layer names, not one string")
+    names = list(names)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"layer names must be str, got {type(name).__name__}")
+    if len(names) != count:
+        raise ValueError(f"got {len(names)} names for a plan of {count} layers")
+    if len(set(names)) != len(names):
+        seen: set = set()
+        repeated = next(n for n in names if n in seen or seen.add(n))
+        raise ValueError(f"layer name {repeated!r} appears more than once")
+    return names
+
+
+class LevelTable:
     """What every plan over one level set and one list of sizes shares, computed once: the
     validated levels, sizes, each level's sparsity and N:M pattern, and the total size. The
-    planner builds one per search and makes its candidate plans with ``Plan._of_checked``."""
+    search builds one and makes its candidate plans with ``Plan.of_checked``."""
 
     __slots__ = ("level_set", "sizes", "sparsity", "nm", "total")
 

@@ -1,0 +1,249 @@
+"""``prune``: the common case in one call: plan a mixed sparsity for a model and leave it pruned.
+
+::
+
+    plan = prune(model, calibration, target=0.75, structure="N:8", pruner="wanda", generations=10)
+
+The steps are the public ones of ``msp.torch`` and ``msp``: Fisher traces, activation norms, a
+:class:`Pruner`, ``msp.plan`` (every candidate applied and scored by a fitness on the model), and
+applying the best plan.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Callable
+
+from torch import nn
+
+from .._deprecation import deprecated
+from .._progress import Stage
+from ..levels import Level, as_level_set, nm_levels, ratio_levels
+from ..planner import plan as make_plan
+from ..plans import Plan
+from ..search_settings import SearchSettings
+from .batches import calibration_batches
+from .calibration import fisher_traces
+from .evaluation import kl_to_dense, perplexity, reference_logits
+from .layers import block_groups, linear_layers
+from .pruner import Pruner, check_pruner, prepare_layers
+
+__all__ = ["prune"]
+
+PLANNING_METHODS = ("search", "prior", "uniform")
+"""The planning methods of :func:`prune` (``"exact"`` needs a cost table, which prune does not make)."""
+
+_SET_BY_PRUNE = ("sizes", "target", "levels", "sensitivity", "fitness", "groups", "method", "progress")
+
+
+def _levels_for(structure: str, target: float) -> list[Level]:
+    """The default level set of a structure: every N:M for ``"N:M"``; for ``"unstructured"`` the
+    sparsities 0, 5 %, ..., 95 % and the target itself (so the uniform plan is exact)."""
+    if not isinstance(structure, str):
+        raise TypeError(f'structure must be "N:M" (e.g. "N:8") or "unstructured", got {structure!r}')
+    text = structure.strip()
+    if text.lower() == "unstructured":
+        grid = {round(0.05 * k, 10) for k in range(20)} | {float(target)}
+        return ratio_levels(sorted(grid))
+    match = re.fullmatch(r"[nN]\s*:\s*(\d+)", text)
+    if match is None:
+        raise ValueError(f'structure must be "N:M" (e.g. "N:8": every layer some n:8) or "unstructured", got {structure!r}')
+    return nm_levels(int(match.group(1)))
+
+
+def _search_settings(settings: SearchSettings | None, search: Mapping[str, Any] | None,
+                     overrides: dict[str, Any]) -> SearchSettings:
+    """The search settings of ``prune``: ``settings`` with ``overrides`` and the deprecated
+    ``search={...}`` mapping applied."""
+    if search is not None:
+        for key in search:
+            if key in _SET_BY_PRUNE:
+                raise ValueError(f"search={{{key!r}: ...}} is set by prune itself; pass it as prune's own argument")
+            if key in overrides:
+                raise TypeError(f"{key!r} is given both in search= and as a keyword")
+        overrides = {**search, **overrides}
+    return SearchSettings.of(settings, overrides)
+
+
+def _max_levels(records: list, level_set: list[Level], stage: Stage) -> list[int] | None:
+    """The densest-only bound of layers whose in_features no N:M level of the set divides: they can
+    only stay dense (their m:m level) or take the unstructured levels. None when every layer fits all."""
+    allowed = [[k for k, lv in enumerate(level_set) if not (lv.m and lv.n < lv.m and r.cols % lv.m)] for r in records]
+    for record, fits in zip(records, allowed):
+        if not fits:
+            raise ValueError(f"layer {record.name!r} (in_features {record.cols}) fits no level of the level set")
+    if all(fits == list(range(len(level_set))) for fits in allowed):
+        return None
+    if any(fits != list(range(fits[-1] + 1)) for fits in allowed):
+        raise ValueError("some layers fit only a non-contiguous part of the level set; pass layers= without them")
+    few = sum(fits[-1] + 1 < len(level_set) for fits in allowed)
+    stage.note(f"{few} layer(s) have in_features not divisible by M: they stay dense")
+    return [fits[-1] for fits in allowed]
+
+
+def _measure(fitness: Any, model: nn.Module, batches: list, forward_fn: Any, stage: Stage) -> Callable[[], float]:
+    """The fitness of the model as it is now: the user's ``fitness(model)``, or KL to the dense
+    model (its reference computed here, while the model is dense), or perplexity on ``batches``."""
+    if callable(fitness):
+        return lambda: fitness(model)
+    if fitness == "perplexity":
+        return lambda: perplexity(model, batches)
+    with stage(f"dense reference logits on {len(batches)} batches"):
+        reference = reference_logits(model, batches, forward_fn=forward_fn)
+    return lambda: kl_to_dense(model, batches, reference, forward_fn=forward_fn)
+
+
+def _applying(worker: Pruner, measure: Callable[[], float]) -> Callable[[Plan], float]:
+    """The fitness of a candidate plan: apply it, then measure the model."""
+
+    def score(candidate: Plan) -> float:
+        worker.apply(candidate)
+        return measure()
+
+    return score
+
+
+def prune(
+    model: nn.Module,
+    calibration: Any,
+    target: float = 0.75,
+    structure: str = "N:8",
+    pruner: str = "wanda",
+    *,
+    settings: SearchSettings | None = None,
+    fitness: str | Callable[[nn.Module], float] = "kl",
+    eval_batches: Sequence[Any] | None = None,
+    method: str = "search",
+    levels: Sequence[Any] | None = None,
+    layers: Mapping[str, nn.Module] | None = None,
+    ignore: Iterable[str] = ("lm_head",),
+    groups: str | Sequence[Any] | None = None,
+    sensitivity: Any = None,
+    norms: Any = None,
+    loss_fn: Callable[[nn.Module, Any], Any] | None = None,
+    forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+    kernels: str = "auto",
+    dense_copies: str = "device",
+    progress: bool = True,
+    search: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> Plan:
+    """Plan a mixed sparsity for ``model`` and leave the model pruned with it: the common case in one call.
+
+    Steps (each reported on stderr when ``progress`` is on): Fisher traces of the linear layers on
+    ``calibration``; Wanda's activation norms (``pruner="wanda"``); the plan (by default the
+    evolutionary search from the Fisher prior, every candidate applied to the model by a
+    :class:`Pruner` and scored by ``fitness``); applying the best plan.
+
+    Args:
+        model: any ``nn.Module`` on any device (its linear weights are pruned in place: CPU
+            weights by the native kernels, others on their device; ``kernels``). The defaults
+            suit a causal LM taking token ids; other models pass ``loss_fn`` and ``forward_fn``
+            (and ``fitness`` other than ``"perplexity"``).
+        calibration: a list of batches, one tensor ``[N, ...]`` of N samples (cut into batches of
+            8), or an iterable of batches (read into a list); ``msp.torch.batches``. A batch is
+            token ids ``[B, T]``, a dict of model inputs, or whatever ``loss_fn``/``forward_fn``
+            take (e.g. ``(x, y)``).
+        target: average sparsity over the pruned layers, weighted by parameter count.
+        structure: ``"N:M"`` (e.g. ``"N:8"``: every layer some n:8 from 1:8 to 8:8 = dense) or
+            ``"unstructured"`` (0 %, 5 %, ..., 95 % and ``target``). ``levels`` overrides it.
+        pruner: the pruning criterion, ``"wanda"`` or ``"magnitude"``.
+        settings: the search settings (:class:`msp.SearchSettings`; None = the defaults).
+        fitness: ``"kl"`` (mean KL divergence of the pruned model's output distribution from the
+            dense one's: next-token distributions, or with ``forward_fn`` the distributions over
+            the last dimension of its logits), ``"perplexity"`` (causal LMs only), or a callable
+            ``fitness(model) -> float`` called with the candidate plan applied to ``model``
+            (lower is better).
+        eval_batches: the batches ``"kl"``/``"perplexity"`` are computed on; default: the first
+            two calibration batches (keep it small: it runs once per candidate).
+        method: the planning method: ``"search"``, ``"prior"`` (the Fisher prior alone) or
+            ``"uniform"``.
+        levels: an explicit level set (least sparse first), instead of ``structure``.
+        layers: the layers to prune; default ``linear_layers(model, ignore)``.
+        ignore: layer names to leave dense when ``layers`` is None.
+        groups: None, ``"block"`` (layers of one transformer block share a level, ``block_groups``)
+            or one group label per layer.
+        sensitivity, norms: precomputed Fisher traces (dict or list) and activation norms, to skip
+            those steps.
+        loss_fn: ``loss_fn(model, batch) -> scalar`` for the Fisher traces (``fisher_traces``);
+            default: a causal LM's next-token cross-entropy.
+        forward_fn: ``forward_fn(model, batch)`` runs one batch, for the activation norms and the
+            ``"kl"`` fitness (``activation_norms``, ``kl_to_dense``); default: the causal LM call.
+        kernels: ``"auto"``, ``"native"`` or ``"torch"``: where pruning and Fisher sums run
+            (``msp.torch.kernels``; the same results).
+        dense_copies: where the pruner keeps the dense weights while it searches: ``"device"``
+            (each weight's device) or ``"host"`` (CPU memory); see :class:`Pruner`.
+        progress: report every step on stderr (and progress bars).
+        search: deprecated: a mapping of search settings (``DeprecationWarning``); pass them as
+            keywords or ``settings=`` instead.
+        **overrides: fields of :class:`msp.SearchSettings` (``generations=10``, ``seed=3``, ...)
+            replacing those of ``settings``.
+
+    Returns:
+        The applied :class:`msp.Plan`, carrying the layer names (``plan.to_dict()`` gives
+        ``{layer name: sparsity}``).
+
+    Raises:
+        TypeError, ValueError: bad arguments, before the model is touched (``TypeError`` for an
+            override that is not a search setting).
+        Whatever the model or a user's ``fitness`` raises propagates unchanged, and the model is
+        left dense (restored bit-identically), also on ``KeyboardInterrupt``.
+    """
+    criterion = check_pruner(pruner)
+    if method not in PLANNING_METHODS:
+        raise ValueError(f"method (the planning method) must be 'search', 'prior' or 'uniform', got {method!r}")
+    if not (isinstance(fitness, str) and fitness in ("kl", "perplexity")) and not callable(fitness):
+        raise ValueError(f"fitness must be 'kl', 'perplexity' or a callable fitness(model) -> float, got {fitness!r}")
+    if fitness == "perplexity" and forward_fn is not None:
+        raise ValueError("fitness='perplexity' is for causal LMs called on token ids; with forward_fn use 'kl' or "
+                         "a callable")
+    if search is not None:
+        deprecated("prune(search={...})", "prune(..., settings=msp.SearchSettings(...)) or the settings as keywords")
+    settings = _search_settings(settings, search, overrides)
+    level_set = as_level_set(levels) if levels is not None else _levels_for(structure, target)
+    calibration = list(calibration_batches(calibration))
+    if not calibration:
+        raise ValueError("calibration is empty")
+    if layers is None:
+        layers = linear_layers(model, ignore=ignore)
+    records = prepare_layers(layers, kernels=kernels)  # checks every weight before any work
+    names = [r.name for r in records]
+    if isinstance(groups, str):
+        if groups != "block":
+            raise ValueError(f"groups must be None, 'block' or one label per layer, got {groups!r}")
+        groups = block_groups(names)
+    stage = Stage("prune", progress)
+    max_level = _max_levels(records, level_set, stage)
+
+    if sensitivity is None:
+        with stage(f"Fisher traces of {len(names)} layers on {len(calibration)} calibration batches"):
+            traces = fisher_traces(model, layers, calibration, loss_fn, kernels=kernels, progress=progress)
+        sensitivity = [traces[n] for n in names]
+    elif isinstance(sensitivity, Mapping):
+        sensitivity = [float(sensitivity[n]) for n in names]
+    if criterion.statistic is not None and norms is None:
+        with stage(f"{criterion.name}'s {criterion.statistic} on {len(calibration)} calibration batches"):
+            norms = criterion.collect(model, layers, calibration, forward_fn, progress)
+    worker = Pruner(layers, pruner, norms if criterion.statistic else None, kernels=kernels,
+                    dense_copies=dense_copies)
+    try:
+        score = None
+        if method == "search" or callable(fitness):
+            batches = list(eval_batches) if eval_batches is not None else calibration[:2]
+            score = _applying(worker, _measure(fitness, model, batches, forward_fn, stage))
+        label = {"search": "evolutionary search", "prior": "Fisher prior plan", "uniform": "uniform plan"}[method]
+        with stage(f"{label} at {target:.1%} average sparsity over {len(level_set)} levels"):
+            result = make_plan(
+                worker.sizes, target, level_set, sensitivity=sensitivity, fitness=score, groups=groups,
+                max_level=max_level, method=method, settings=settings, progress=progress, names=names,
+            )
+        with stage("applying the plan"):
+            worker.apply(result)
+    except BaseException:
+        worker.restore()
+        raise
+    finally:
+        worker.close()
+    stage.note(f"done: {result!r}")
+    return result

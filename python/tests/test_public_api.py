@@ -1,0 +1,397 @@
+"""The public names: every name of ``msp.__all__`` and ``msp.torch.__all__`` imports and works (each
+checked against a value worked out here), the README's Python code runs as written, and the Python
+contract of the design document keeps its spellings (old ones with a ``DeprecationWarning``)."""
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import msp
+from conftest import REPO_DIR
+from masking_reference import ref_nm_keep, ref_topk_keep
+from readme_blocks import python_blocks
+from msp import Level, Plan, Search, plan
+from msp.levels import nm_levels, ratio_levels
+
+README = (REPO_DIR / "README.md").read_text()
+
+try:
+    import torch
+except ImportError:
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+
+
+def test_public_exports():
+    assert msp.plan is plan  # the function, not a module
+    assert msp.Plan is Plan and msp.Search is Search
+    assert msp.Level is Level and msp.nm_levels is nm_levels and msp.ratio_levels is ratio_levels
+
+
+# --- every name of msp.__all__ works ------------------------------------------------------------------
+
+
+def _fisher_names():
+    acc = msp.FisherAccumulator([2, 3])
+    acc.add(0, np.array([1, 2], np.float32))
+    acc.add(1, np.array([2, 0, 1], np.float32))
+    acc.end_sample()
+    acc.add(0, np.array([3, 0], np.float32))
+    acc.end_sample()
+    assert acc.traces().tolist() == [(5 + 9) / 2, 5 / 2] and acc.num_samples == 2
+    assert msp.sum_squares(np.array([3, 4], np.float16)) == 25.0
+    diag = np.ones(3, np.float32)
+    msp.add_fisher_diagonal(np.array([1, 2, 3], np.float32), diag, scale=0.5)
+    assert diag.tolist() == [1.5, 3.0, 5.5]
+
+
+def _masking_names():
+    scores = np.array([[3, 1, 4, 1, 5, 9, 2, 6]], np.float32)
+    assert np.array_equal(msp.nm_mask(scores, 2, 4), ref_nm_keep(scores, 2, 4))
+    w = scores - 4
+    msp.prune_nm_(w, "1:4")  # w = [-1, -3, 0, -3 | 1, 5, -2, 2]: on the tie |-3| the lower index stays
+    assert w.tolist() == [[0, -3, 0, 0, 0, 5, 0, 0]]
+    w = scores.copy()
+    assert np.array_equal(msp.prune_topk_(w, 0.5, scope="layer"), ref_topk_keep(scores, 0.5, "layer"))
+    msp.set_num_threads(2)
+    assert msp.get_num_threads() == 2
+
+
+def _planning_names():
+    sizes, levels = [10, 30], msp.ratio_levels([0.0, 0.5, 0.75])
+    assert [str(level) for level in msp.nm_levels(4)] == ["4:4", "3:4", "2:4", "1:4"]
+    assert msp.Level.parse("2:8") == msp.Level(0.75, 2, 8)
+    uniform = msp.plan(sizes, 0.5, levels, method="uniform")
+    assert isinstance(uniform, msp.Plan) and uniform.levels == [1, 1]
+    with msp.Problem(sizes, 0.5, levels) as problem:
+        assert problem.range == (0.0, 0.75) and problem.check([1, 1]) == 0.5
+    costs = [[0.0, 1.0, 3.0], [0.0, 1.0, 2.0]]
+    with msp.Search(sizes, 0.5, levels, settings=msp.SearchSettings(generations=2)) as search:
+        best = search.run_additive(costs, progress=False)
+    assert best.average_sparsity == 0.5 and best.fitness == 2.0  # 0.5 everywhere: the only feasible plan
+    w = np.array([[1, -2, 3, -4]], np.float32)
+    assert msp.cost_table(w, [0.5, "1:4"]).tolist() == [1 + 4, 1 + 4 + 9]
+
+
+def _error_names():
+    for cls, builtin in [(msp.InvalidArgumentError, ValueError), (msp.OutOfMemoryError, MemoryError),
+                         (msp.InfeasibleError, ValueError), (msp.MSPCancelled, RuntimeError),
+                         (msp.InvalidStateError, RuntimeError), (msp.InternalError, RuntimeError)]:
+        assert issubclass(cls, msp.MSPError) and issubclass(cls, builtin)
+    with pytest.raises(msp.InfeasibleError):
+        msp.plan([1, 1], 0.9, ratio_levels([0.0, 0.5]), method="uniform")
+
+
+def _version_names():
+    assert msp.ABI_VERSION == msp._lib.lib.msp_abi_version()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", msp.version()) and msp.__version__ == msp.version()
+
+
+MSP_NAMES = {
+    "ABI_VERSION": _version_names, "version": _version_names, "__version__": _version_names,
+    "MSPError": _error_names, "InvalidArgumentError": _error_names, "OutOfMemoryError": _error_names,
+    "InfeasibleError": _error_names, "MSPCancelled": _error_names, "InvalidStateError": _error_names,
+    "InternalError": _error_names,
+    "nm_mask": _masking_names, "prune_nm_": _masking_names, "prune_topk_": _masking_names,
+    "set_num_threads": _masking_names, "get_num_threads": _masking_names,
+    "FisherAccumulator": _fisher_names, "sum_squares": _fisher_names, "add_fisher_diagonal": _fisher_names,
+    "Level": _planning_names, "nm_levels": _planning_names, "ratio_levels": _planning_names,
+    "Plan": _planning_names, "Problem": _planning_names, "Search": _planning_names,
+    "SearchSettings": _planning_names, "plan": _planning_names, "cost_table": _planning_names,
+}
+
+
+def test_every_name_of_msp_all_is_checked_here():
+    assert sorted(MSP_NAMES) == sorted(msp.__all__)
+    namespace: dict = {}
+    exec("from msp import *", namespace)
+    assert set(msp.__all__) <= set(namespace)
+
+
+@pytest.mark.parametrize("name", sorted(msp.__all__))
+def test_every_name_of_msp_all_works(name):
+    getattr(msp, name)
+    MSP_NAMES[name]()
+
+
+# --- every name of msp.torch.__all__ works ------------------------------------------------------------
+
+
+@needs_torch
+def test_every_name_of_msp_torch_all_works():
+    import msp.torch as mt
+    from torch_models import BLOCK_VOCAB, BlockLM, block_batches
+
+    assert sorted(mt.__all__) == sorted([
+        "linear_layers", "block_groups", "fisher_traces", "causal_lm_loss", "activation_norms", "Pruner",
+        "apply_plan", "prune", "perplexity", "kl_to_dense", "reference_logits", "TopK"])
+    model, data = BlockLM(seed=2), block_batches(2)
+    layers = mt.linear_layers(model)
+    assert list(layers) == [f"layers.{b}.{n}" for b in range(2) for n in ("up", "down", "mix")]
+    assert mt.block_groups(layers) == [0, 0, 0, 1, 1, 1]
+    loss = mt.causal_lm_loss(model, data[0])
+    assert abs(loss.item() - float(np.log(mt.perplexity(model, data[:1])))) < 1e-5
+    traces = mt.fisher_traces(model, layers, data, progress=False)
+    assert list(traces) == list(layers) and all(t > 0 for t in traces.values())
+    norms = mt.activation_norms(model, layers, data)
+    assert [n.shape[0] for n in norms.values()] == [m.in_features for m in layers.values()]
+    dense = mt.reference_logits(model, data, top_k=4)
+    assert isinstance(dense[0], mt.TopK) and mt.kl_to_dense(model, data, dense) < 1e-6
+    pruner = mt.Pruner(layers, pruner="wanda", norms=norms)
+    pruner.apply(["2:8"] * 6)
+    assert all(float((m.weight == 0).float().mean()) == 0.75 for m in layers.values())
+    assert mt.kl_to_dense(model, data, dense) > 1e-4
+    pruner.restore()
+    masks = mt.apply_plan(layers, ["4:8"] * 6, pruner="magnitude", return_masks=True)
+    assert all(float(mask.float().mean()) == 0.5 for mask in masks.values())
+    result = mt.prune(BlockLM(seed=2), data, target=0.5, pruner="magnitude", method="prior", progress=False)
+    assert abs(result.average_sparsity - 0.5) <= 0.001 and BLOCK_VOCAB == 41
+
+
+# --- the README ---------------------------------------------------------------------------------------
+
+
+def _python_blocks() -> list[str]:
+    return python_blocks(README)  # the blocks that need llm-compressor run in python/tests_llmcompressor
+
+
+def _documented_names() -> set[str]:
+    """Every ``msp.x.y`` the README's Python code and its inline code spans use."""
+    prose = re.sub(r"```.*?```", "", README, flags=re.S)
+    texts = _python_blocks() + re.findall(r"`([^`\n]+)`", prose)
+    names = {m.group(0) for text in texts for m in re.finditer(r"(?<![\w/.])msp(?:\.\w+)+", text)}
+    names -= {"msp.h", "msp.pc"}  # the C header and the pkg-config file, not Python names
+    for text in _python_blocks():
+        for module, imported in re.findall(r"from (msp[\w.]*) import ([\w, ]+)", text):
+            names.update(f"{module}.{name.strip()}" for name in imported.split(","))
+    return names
+
+
+@needs_torch
+def test_every_msp_name_the_readme_uses_resolves():
+    import importlib
+
+    import msp.torch  # noqa: F401
+
+    names = _documented_names()
+    assert {"msp.torch.prune", "msp.Plan.load", "msp.cost_table", "msp.torch.Pruner", "msp.Search"} <= names
+    for dotted in sorted(names):
+        parts = dotted.split(".")
+        value = importlib.import_module(parts[0])
+        for i, part in enumerate(parts[1:], start=2):
+            if not hasattr(value, part):  # a subpackage `import msp` leaves to be imported, e.g. msp.integrations
+                importlib.import_module(".".join(parts[:i]))
+            value = getattr(value, part)
+
+
+def _given(block: str) -> set[str]:
+    """The names a block uses without defining them: its ``# given: a, b (what they are)`` line."""
+    match = re.match(r"# given: ([\w, ]+)", block)
+    return set() if match is None else {name.strip() for name in match.group(1).split(",") if name.strip()}
+
+
+def _run_readme_block(block: str, given: dict, capsys) -> tuple[dict, str]:
+    """Run ``block`` as written with exactly the names it declares as given; return its namespace and
+    what it printed. No deprecated spelling may be used."""
+    assert set(given) == _given(block), "a README block must declare every name it does not define"
+    namespace = dict(given)
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(compile(block, "README.md", "exec"), namespace)
+    deprecated = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)
+                  and "deprecated; use" in str(w.message)]
+    assert deprecated == []  # the README shows the current spellings
+    return namespace, capsys.readouterr().out
+
+
+def _token_ids(rows=40):
+    from torch_models import BLOCK_T, BLOCK_VOCAB
+
+    return torch.randint(0, BLOCK_VOCAB, (rows, BLOCK_T), generator=torch.Generator().manual_seed(11))
+
+
+def _assert_holds(layers, result):
+    """Every layer's weight holds exactly its planned N:M level."""
+    for module, level in zip(layers.values(), result.layer_levels):
+        w = module.weight.detach()
+        assert ((w != 0).reshape(w.shape[0], -1, level.m).sum(-1) == level.n).all()
+
+
+def _readme_masking(block, capsys):
+    namespace, _ = _run_readme_block(block, {}, capsys)
+    dense_w = np.random.default_rng(0).standard_normal((32, 64), dtype=np.float32)  # as the block makes it
+    norms = namespace["norms"]
+    weight = namespace["layer"].weight.detach().numpy()
+    assert ((weight != 0).reshape(32, 16, 4).sum(-1) == 2).all()
+    wanda = ref_topk_keep(np.abs(dense_w) * norms, 0.7, "row")
+    assert np.array_equal(namespace["w"], np.where(wanda, dense_w, 0))
+    assert np.array_equal(namespace["keep"], ref_nm_keep(np.abs(namespace["w"]) * norms, 2, 8))
+
+
+def _readme_pytorch_loop(block, capsys):
+    from msp.torch import perplexity
+    from torch_models import BlockLM
+
+    model, token_ids = BlockLM(seed=3), _token_ids()
+    namespace, printed = _run_readme_block(block, {"model": model, "token_ids": token_ids}, capsys)
+    result, layers = namespace["plan"], namespace["layers"]
+    assert torch.equal(namespace["calibration"], token_ids[:32])
+    assert abs(result.average_sparsity - 0.75) <= 0.001 + 1e-12 and result.names == list(layers)
+    assert printed.strip() == result.summary() and all(name in printed for name in layers)
+    assert namespace["ratios"] == dict(zip(layers, result.sparsity))
+    _assert_holds(layers, result)  # the model holds the plan
+    assert perplexity(model, namespace["held_out"]) == pytest.approx(result.fitness, rel=1e-12)
+
+
+def _readme_one_call(block, capsys):
+    from msp.torch import linear_layers
+    from torch_models import BlockLM
+
+    model = BlockLM(seed=4)
+    namespace, printed = _run_readme_block(block, {"model": model, "token_ids": _token_ids()}, capsys)
+    result, layers = namespace["plan"], linear_layers(model)
+    assert abs(result.average_sparsity - 0.75) <= 0.001 + 1e-12 and printed.strip() == result.summary()
+    assert namespace["ratios"] == dict(zip(layers, result.sparsity)) and Plan.load("plan.json") == result
+    _assert_holds(layers, result)
+
+
+def _readme_gpu(block, capsys):
+    from msp.torch import activation_norms, apply_plan, linear_layers
+    from torch_models import BlockLM, assert_same, snapshot
+
+    model, token_ids = BlockLM(seed=5), _token_ids()
+    reference = BlockLM(seed=5)
+    layers = linear_layers(reference)
+    expected_norms = activation_norms(reference, layers, token_ids[:32])
+    namespace, _ = _run_readme_block(block, {"model": model, "token_ids": token_ids}, capsys)
+    assert {p.device.type for p in model.parameters()} == {torch.device(namespace["device"]).type}
+    norms = namespace["norms"]  # computed where the model is: the same up to rounding
+    assert all(torch.allclose(norms[n], expected_norms[n], rtol=1e-5) for n in layers)
+    apply_plan(layers, ["2:8"] * len(layers), "wanda", norms, kernels="native")
+    assert_same(model.cpu(), snapshot(reference))  # pruned where the weights were, as the CPU prunes
+
+
+def _readme_any_module(block, capsys):
+    namespace, printed = _run_readme_block(block, {}, capsys)
+    result, model = namespace["plan"], namespace["model"]
+    assert result.names == ["0", "2"] and abs(result.average_sparsity - 0.5) <= 0.001 + 1e-12
+    assert printed.strip() == result.summary()
+    for i, sparsity in zip((0, 2), result.sparsity):
+        w = model[i].weight.detach()
+        assert ((w == 0).sum(1) == int(np.floor(sparsity * w.shape[1]))).all()  # per row, as Wanda prunes
+
+
+def _readme_search(block, capsys):
+    namespace, _ = _run_readme_block(block, {}, capsys)
+    search, best, my_loss = namespace["search"], namespace["best"], namespace["my_loss"]
+    assert search.done and search.ask() == [] and best.fitness == my_loss(best)
+    assert abs(best.average_sparsity - 0.75) <= 0.001 + 1e-12
+    run = plan(namespace["sizes"], 0.75, nm_levels(8), sensitivity=namespace["traces"], fitness=my_loss,
+               generations=5, progress=False)
+    assert run.levels == best.levels and run.evaluations == best.evaluations
+
+
+def _readme_checkpoint(block, capsys):
+    namespace, _ = _run_readme_block(block, {}, capsys)
+    search, resumed = namespace["search"], namespace["resumed"]
+    assert resumed.best == search.best and resumed.done and resumed.history == search.history
+    # The proxy table's own optimum was evaluated: the best is at least as good.
+    exact = plan(namespace["sizes"], 0.75, nm_levels(8), method="exact", cost_table=namespace["energy"])
+    assert search.best.fitness <= namespace["my_loss"](exact)
+
+
+README_RUNNERS = {  # a line only that block has -> the test that runs it
+    'msp.prune_nm_(layer.weight.data, "2:4")': _readme_masking,
+    "traces = fisher_traces(model, layers, calibration)": _readme_pytorch_loop,
+    "plan = msp.torch.prune(model, token_ids[:32]": _readme_one_call,
+    'dense_copies="host"': _readme_gpu,
+    "model = nn.Sequential(": _readme_any_module,
+    "while candidates := search.ask():": _readme_search,
+    'resumed = msp.Search.load("search.msps")': _readme_checkpoint,
+}
+
+
+def test_every_python_block_of_the_readme_has_exactly_one_runner():
+    blocks = _python_blocks()
+    claimed = [[marker for marker in README_RUNNERS if marker in block] for block in blocks]
+    assert all(len(markers) == 1 for markers in claimed), claimed  # no block left out, none run twice
+    assert sorted(m for markers in claimed for m in markers) == sorted(README_RUNNERS)
+
+
+@needs_torch
+@pytest.mark.parametrize("marker", list(README_RUNNERS))
+def test_the_readme_python_blocks_run_as_written(marker, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # blocks may save files
+    (block,) = [b for b in _python_blocks() if marker in b]
+    README_RUNNERS[marker](block, capsys)
+
+
+@needs_torch
+def test_the_readme_inline_calls_work():
+    from msp.torch import linear_layers
+    from torch_models import BlockLM
+
+    model = BlockLM(seed=4)
+    layers = linear_layers(model)
+    sizes = [m.weight.numel() for m in layers.values()]
+    weight = next(iter(layers.values())).weight.detach()
+    for kind in ("energy", "reconstruction"):
+        extra = {"gram": np.eye(weight.shape[1], dtype=np.float32)} if kind == "reconstruction" else {}
+        assert msp.cost_table(weight, msp.nm_levels(8), kind=kind, **extra).shape == (8,)
+    for method in ("prior", "uniform"):
+        assert msp.plan(sizes, 0.5, msp.nm_levels(8), sensitivity=[1.0] * 6, method=method).method == method
+    search = msp.Search(sizes, 0.5, msp.nm_levels(8), sensitivity=[1.0] * 6, generations=1)
+
+    def evaluate(candidates):
+        return [sum(c.levels) for c in candidates]
+
+    while not search.done:
+        search.tell(evaluate(search.ask()))
+    assert search.best is not None and search.ask() == []
+
+
+def test_plans_save_and_load_as_the_readme_says(tmp_path):
+    result = msp.plan([10, 20], 0.5, msp.ratio_levels([0.25, 0.5, 0.75]), method="uniform", names=["a", "b"])
+    result.save(tmp_path / "plan.json")
+    assert msp.Plan.load(tmp_path / "plan.json") == result
+    assert msp.Plan.load(tmp_path / "plan.json").to_dict() == {"a": 0.5, "b": 0.5}
+
+
+# --- the design document's Python contract ------------------------------------------------------------
+
+
+@needs_torch
+def test_the_design_contract_keeps_its_spellings():
+    from msp.torch import activation_norms, apply_plan, fisher_traces, linear_layers
+    from torch_models import BlockLM, block_batches
+
+    model, batches = BlockLM(seed=6), block_batches(2)
+    layers = linear_layers(model, ignore=["lm_head"])
+    traces = fisher_traces(model, layers, batches, None)
+    norms = activation_norms(model, layers, batches)
+    sizes = [m.weight.numel() for m in layers.values()]
+    levels = msp.nm_levels(m=8)
+    result = msp.plan(sizes, target=0.75, levels=levels, sensitivity=list(traces.values()),
+                      fitness=lambda p: float(sum(p.levels)), groups=None, method="search", cost_table=None,
+                      generations=2, offspring=4, seed=0, progress=False)
+    assert result.nm == [level.pattern for level in result.layer_levels] and len(result.history) == 3
+    assert result.fitness == float(sum(result.levels)) and result.sparsity == [levels[k].sparsity for k in result.levels]
+    assert result.to_dict(list(layers)) == dict(zip(layers, result.sparsity))
+    search = msp.Search(sizes, 0.75, levels, generations=1)
+    candidates = search.ask()
+    search.tell([1.0] * len(candidates))
+    assert search.best is not None
+    for criterion in ("magnitude", "wanda"):
+        reference = BlockLM(seed=6)
+        apply_plan(linear_layers(reference), result, pruner=criterion, norms=norms if criterion == "wanda" else None)
+        with pytest.warns(DeprecationWarning, match="use pruner="):
+            apply_plan(layers, result, method=criterion, norms=norms if criterion == "wanda" else None)
+        for a, b in zip(layers.values(), linear_layers(reference).values()):
+            assert torch.equal(a.weight, b.weight)
+        with torch.no_grad():
+            for a, b in zip(layers.values(), linear_layers(BlockLM(seed=6)).values()):
+                a.weight.copy_(b.weight)
