@@ -560,11 +560,11 @@ typedef struct msp_search_params {
     int32_t surrogate_candidates; /* in [0, MSP_MAX_OFFSPRING]: offspring per generation proposed by the surrogate;
                                      at most `offspring` are used; 0 = off (default 2) */
     double surrogate_ridge;       /* finite, > 0: evaluations' worth of weight pulling each (group,
-                                     level) correction toward the proxies (default 1) */
+                                     level) correction toward the proxies (default 0.3) */
     double surrogate_exploration; /* finite, >= 0: scale of the perturbation of the surrogate for its
                                      second and later candidates (default 1) */
     double pair_rate;             /* in [0, 1]: chance a mutation move is paired with the opposite,
-                                     budget-cancelling move of another group (default 1) */
+                                     budget-cancelling move of another group (default 0.3) */
 } msp_search_params;
 
 /* The default search settings. */

@@ -34,13 +34,13 @@ public struct SearchParams: Sendable, Equatable {
     public var surrogateCandidates = 2
     /// Ridge strength of the surrogate: how many evaluations' weight pulls each (unit, level)
     /// correction toward the proxy tables (toward 0 without them); finite, > 0.
-    public var surrogateRidge = 1.0
+    public var surrogateRidge = 0.3
     /// Scale of the random perturbation of the surrogate for its second and later candidates of a
     /// generation (0 = the unperturbed model only); finite, >= 0.
     public var surrogateExploration = 1.0
     /// Chance that a mutation move of one unit is paired with the opposite move of the unit that
     /// best restores the budget, in [0, 1].
-    public var pairRate = 1.0
+    public var pairRate = 0.3
 
     /// The defaults.
     public init() {}

@@ -74,11 +74,11 @@ class SearchSettings:
             toward the proxy tables given to the search), in [0, MSP_MAX_OFFSPRING]; at most
             ``offspring`` are used; 0 = off (default 2).
         surrogate_ridge: how many evaluations' weight pulls each (layer, level) correction of the
-            surrogate toward the proxies (toward 0 without them); finite, > 0 (default 1).
+            surrogate toward the proxies (toward 0 without them); finite, > 0 (default 0.3).
         surrogate_exploration: scale of the random perturbation of the surrogate for its second
             and later candidates of a generation; finite, >= 0 (default 1).
         pair_rate: chance that a mutation move is paired with the opposite move of the layer (or
-            group) that best cancels its change of the average sparsity, in [0, 1] (default 1).
+            group) that best cancels its change of the average sparsity, in [0, 1] (default 0.3).
 
     Raises:
         TypeError: a field of the wrong type (bools are not integers; flags must be bools).

@@ -27,8 +27,8 @@ def test_the_fields_are_those_of_msp_search_params():
 def test_the_defaults_are_the_documented_ones_and_the_librarys():
     documented = dict(generations=20, offspring=8, survivors=4, mutation_rate=0.5, crossover_rate=0.5, seed=0,
                       prior_strength=1.0, per_parameter=False, prior_grid=True, max_evaluations=0, patience=0,
-                      fidelity_levels=1, fidelity_keep=0.25, surrogate_candidates=2, surrogate_ridge=1.0,
-                      surrogate_exploration=1.0, pair_rate=1.0)
+                      fidelity_levels=1, fidelity_keep=0.25, surrogate_candidates=2, surrogate_ridge=0.3,
+                      surrogate_exploration=1.0, pair_rate=0.3)
     assert dataclasses.asdict(SearchSettings()) == documented
     native = lib.msp_search_params_default()
     assert {name: getattr(native, NATIVE[name]) for name in FIELDS} == {

@@ -126,9 +126,10 @@ def test_same_seed_same_search_whatever_the_thread_count():
 
 
 def test_a_proxy_that_tracks_the_fitness_helps_a_small_budget():
-    """80 evaluations: a noisy copy of the true table as proxy beats no proxy on average."""
+    """80 evaluations: a noisy copy of the true table as proxy beats no proxy, on average and on most
+    of 10 instances."""
     with_proxy, without = [], []
-    for seed in range(6):
+    for seed in range(10):
         sizes, costs = search_bench.instance(seed)
         noisy = costs * np.random.default_rng(seed).lognormal(0, 0.3, costs.shape)
         exact = msp.plan(sizes, 0.75, search_bench.LEVELS, method="exact", cost_table=costs).fitness
@@ -136,4 +137,5 @@ def test_a_proxy_that_tracks_the_fitness_helps_a_small_budget():
             found = msp.plan(sizes, 0.75, search_bench.LEVELS, sensitivity=costs[:, -1], cost_table=costs,
                              proxy_costs=proxy, max_evaluations=80, generations=100, seed=seed, progress=False)
             out.append(found.fitness / exact - 1)
-    assert np.mean(with_proxy) < 0.5 * np.mean(without), (with_proxy, without)
+    assert np.mean(with_proxy) < 0.75 * np.mean(without), (with_proxy, without)
+    assert sum(a < b for a, b in zip(with_proxy, without)) >= 7, (with_proxy, without)
