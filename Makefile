@@ -10,8 +10,13 @@ endif
 RELEASE_FLAGS := -c release -Xswiftc -static-stdlib $(CPU_FLAGS)
 LIB := .build/release/libmsp.so
 export MSP_LIBRARY_PATH := $(CURDIR)/$(LIB)
+# `make install` target; DESTDIR stages the files elsewhere (packaging) without changing msp.pc.
+PREFIX ?= /usr/local
+# The virtual environment of the llm-compressor integration tests (scripts/llmcompressor_env.sh).
+LLMCOMPRESSOR_VENV := .venv-llmcompressor
 
-.PHONY: all deps lib test test-swift test-abi test-c test-python demo bench search-bench fuzz sanitize clean
+.PHONY: all deps lib install test test-swift test-abi test-c test-install test-python test-integrations \
+	test-wheel demo bench search-bench fuzz sanitize clean
 
 all: lib
 
@@ -21,7 +26,7 @@ deps:
 lib:
 	$(SWIFT) build $(RELEASE_FLAGS)
 
-test: deps lib test-swift test-abi test-c test-python
+test: deps lib test-swift test-abi test-c test-install test-python test-integrations test-wheel
 
 test-swift:
 	$(SWIFT) test -c release --scratch-path .build-test $(CPU_FLAGS)
@@ -34,6 +39,23 @@ test-c: lib
 
 test-python: lib
 	cd python && $(PYTHON) -m pytest -q tests
+
+# include/msp.h, lib/libmsp.so and lib/pkgconfig/msp.pc (version from msp.h; Libs carry an rpath).
+install: lib
+	PREFIX="$(abspath $(PREFIX))" DESTDIR="$(DESTDIR)" bash scripts/install.sh
+
+# `make install` into a temporary prefix; examples/c built from it with explicit flags and with pkg-config.
+test-install: lib
+	bash scripts/test_install.sh
+
+# The real llm-compressor's oneshot applies msp plans, in an environment of its own (made once, reused).
+test-integrations: lib
+	PYTHON=$(PYTHON) bash scripts/llmcompressor_env.sh $(LLMCOMPRESSOR_VENV)
+	cd python && ../$(LLMCOMPRESSOR_VENV)/bin/python -m pytest -q tests_llmcompressor
+
+# `pip wheel ./python` gives a manylinux wheel that imports and prunes in a fresh venv without system OpenBLAS.
+test-wheel: lib
+	PYTHON=$(PYTHON) bash scripts/test_wheel.sh
 
 demo: deps lib
 	$(PYTHON) examples/demo.py

@@ -23,9 +23,11 @@ let package = Package(
         .systemLibrary(name: "CMSPHeader"),
         // Software prefetch hints for the streaming kernels (header-only).
         .systemLibrary(name: "CMSPPrefetch"),
-        .target(name: "MSPCore", dependencies: ["CMSPBLAS", "CMSPPrefetch", "CMSPHeader"]),
+        // The instruction-set-specific row kernels of msp_nm_linear, chosen at run time.
+        .target(name: "CMSPKernels"),
+        .target(name: "MSPCore", dependencies: ["CMSPBLAS", "CMSPPrefetch", "CMSPHeader", "CMSPKernels"]),
         .target(name: "MSP", dependencies: ["MSPCore", "CMSPSupport", "CMSPHeader"]),
-        .testTarget(name: "MSPCoreTests", dependencies: ["MSPCore", "CMSPHeader"]),
+        .testTarget(name: "MSPCoreTests", dependencies: ["MSPCore", "CMSPHeader", "CMSPKernels"]),
         .testTarget(name: "MSPTests", dependencies: ["MSP", "MSPCore", "CMSPHeader"]),
     ],
     swiftLanguageModes: [.v6]

@@ -15,6 +15,9 @@ Run by `make bench` (never by `make test`). Sections:
   "+mask" is the call that also allocates and writes the 1-byte keep mask); mask from scores = read
   the scores + write the 1-byte mask; sum_squares = read; diagonal Fisher = read the gradient, read +
   write the float32 diagonal.
+- compressed N:M product: msp.nm_linear against F.linear on dense weights (examples/bench_packed.py).
+- sparsegpt: msp.OBS against the torch transcription of SparseGPT's fasterprune, and the time of a
+  SparseGPT search database for SmolLM2-135M's shapes (examples/bench_sparsegpt.py).
 - planner: the exact solver and the search's own bookkeeping at 224 layers x 16 levels, the library's
   time (ask/tell through ctypes with a precomputed additive fitness) separated from Python's.
 - model (full run only, when the demo's SmolLM2-135M cache exists): msp.torch.Pruner.apply of a
@@ -50,6 +53,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import msp  # noqa: E402
+from bench_packed import packed_section  # noqa: E402
 from msp._lib import lib  # noqa: E402
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
@@ -651,6 +655,9 @@ def main() -> None:
         record = run_case(case, reference, args.repeats)
         results.append(record)
         print_kernel_row(record)
+    results += packed_section(args.quick, args.repeats, reference["read_GBps"])
+    print()
+    sparsegpt = importlib.import_module("bench_sparsegpt").run(args.quick, max(1, args.repeats // 2))
     print()
     planner = planner_speed(5)
     print_planner(planner)
@@ -679,7 +686,7 @@ def main() -> None:
 
     if args.json:
         report = {"machine": machine, "bandwidth": bandwidth, "results": results, "planner": planner,
-                  "model": model, "checks": checks}
+                  "model": model, "checks": checks, "sparsegpt": sparsegpt}
         text = json.dumps(report, indent=1)
         if args.json == "-":
             print(text)

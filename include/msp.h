@@ -123,9 +123,9 @@ int32_t msp_get_num_threads(void);
  * functions that use it: MSP_MAX_M, MSP_MAX_TOPK_COLS (masking), MSP_MAX_LEVELS,
  * MSP_LEVEL_SPARSITY_TOLERANCE, MSP_MAX_LAYERS, MSP_MAX_TOLERANCE, MSP_SOLVE_MAX_CELLS,
  * MSP_SOLVE_MAX_STEPS (planning), MSP_MAX_OFFSPRING, MSP_MAX_SURVIVORS, MSP_MAX_FIDELITY_LEVELS and
- * MSP_MAX_PROXIES (search). msp_get_limits reports the values a library was built with, so bindings read them
- * instead of copying them. (Bounds of a C type, such as INT32_MAX columns for BLAS, are stated
- * where they apply.)
+ * MSP_MAX_PROXIES (search). msp_get_limits reports the values a library was built with, so
+ * bindings read them instead of copying them. (Bounds of a C type, such as INT32_MAX columns for
+ * BLAS, are stated where they apply.)
  * ------------------------------------------------------------------------------------------- */
 
 /* The limits of a library, one field per limit macro. Fields are only ever appended. */
@@ -231,6 +231,107 @@ msp_status msp_nm_prune(void *weights, msp_dtype dtype, int64_t rows, int64_t co
  */
 msp_status msp_topk_prune(void *weights, msp_dtype dtype, int64_t rows, int64_t cols, double sparsity,
                           int32_t scope, const float *col_scale, uint8_t *keep_mask_out);
+
+/* ---------------------------------------------------------------------------------------------
+ * Compressed N:M weights
+ *
+ * An N:M matrix stored as its kept values and a bitmask, and its product with a few tokens
+ * computed from that form, so that a pruned layer is smaller in memory and faster to apply: at 2:8
+ * a bfloat16 matrix takes 0.31 of its dense bytes.
+ *
+ * Format of a rows x cols matrix at level n:m (0 < n < m <= MSP_MAX_M, cols % m == 0), dtype:
+ *   values  rows x (cols / m * n) elements of dtype, row-major: each row's kept weights in column
+ *           order, exactly n of every group of m columns.
+ *   index   rows x (4 * ceil(cols / 32)) bytes, row-major: bit (c % 8) of byte (c / 8) of a row is 1
+ *           when column c is kept (that is, one little-endian 32-bit word per 32 columns). Each group
+ *           of m columns has exactly n bits set; bits at or past cols are 0.
+ * Readers check the index (and reject any other) before they read a row's values, so a bad index
+ * is an MSP_ERR_INVALID_ARGUMENT, never a read outside the buffers.
+ *
+ * Functions are stateless and reentrant; rows are split across threads (msp_set_num_threads), and
+ * results do not depend on the thread count. On error no output buffer has changed.
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ * The sizes of a packed matrix, for allocating its buffers.
+ *
+ *   rows, cols        > 0, rows * cols must fit in int64_t; cols % m == 0.
+ *   n, m              0 < n < m <= MSP_MAX_M.
+ *   dtype             MSP_DTYPE_F32, MSP_DTYPE_F16 or MSP_DTYPE_BF16.
+ *   values_bytes_out  receives rows * (cols / m * n) * sizeof(element).
+ *   index_bytes_out   receives rows * 4 * ceil(cols / 32).
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL pointer, bad size, dtype or pattern; outputs
+ * unchanged).
+ */
+msp_status msp_nm_packed_size(int64_t rows, int64_t cols, int32_t n, int32_t m, msp_dtype dtype,
+                              int64_t *values_bytes_out, int64_t *index_bytes_out);
+
+/*
+ * Packs weights into the compressed format: in every group of m consecutive weights along a row the
+ * n with the highest score |w[r][c]| * col_scale[c] are kept, with the order and ties of
+ * msp_nm_prune (score descending, then column ascending). A matrix already pruned to n:m packs
+ * exactly its nonzeros (and zeros where a group holds fewer than n), so msp_nm_unpack gives it back
+ * bit for bit. The weights are not modified.
+ *
+ *   weights     rows x cols elements of `dtype`, row-major; no NaN.
+ *   dtype, rows, cols, n, m, col_scale   as for msp_nm_prune.
+ *   values_out  the values (see msp_nm_packed_size); must not overlap the other buffers.
+ *   index_out   the index (see msp_nm_packed_size); must not overlap the other buffers.
+ *
+ * Uses a keep mask of at most 1 MiB as scratch. Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL
+ * pointer, bad size, dtype or pattern, NaN weight, negative or non-finite col_scale, NaN score: the
+ * message names the argument and position); MSP_ERR_OUT_OF_MEMORY.
+ */
+msp_status msp_nm_pack(const void *weights, msp_dtype dtype, int64_t rows, int64_t cols, int32_t n, int32_t m,
+                       const float *col_scale, void *values_out, uint8_t *index_out);
+
+/*
+ * Writes the dense masked matrix of a packed one: each kept value at its column, +0 elsewhere.
+ *
+ *   values, index      a packed matrix of these rows, cols, n, m and dtype.
+ *   weights_out        rows x cols elements of `dtype`; must not overlap the inputs.
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL pointer, bad size, dtype or pattern, an index that
+ * breaks the format: the message names the row and group).
+ */
+msp_status msp_nm_unpack(const void *values, const uint8_t *index, msp_dtype dtype, int64_t rows, int64_t cols,
+                         int32_t n, int32_t m, void *weights_out);
+
+/*
+ * Multiplies packed weights W (rows x cols) with `batch` tokens: y[t][r] = sum_c W[r][c] * x[t][c],
+ * that is Y = X W^T (torch.nn.functional.linear without bias; y = W x for one token). Decoding (1 to
+ * 16 tokens) is the case it is made for: the weights are read once per 16 tokens.
+ *
+ * Arithmetic: every element is widened exactly to float32 and accumulated by fused multiply-adds in
+ * float32 in a fixed order (per row: 16-lane partial sums over chunks of 32 columns, folded
+ * pairwise), the same on every instruction set and thread count, and for a token alone or in any
+ * batch. The result is the float32 product of the dense masked matrix: within about
+ * (ceil(cols / 64) + 6) * 2^-24 * sum_c |W[r][c] * x[t][c]| of the exact value; a pruned column
+ * contributes 0 * x, so an infinite or NaN x makes the outputs NaN as in a dense product. It is then
+ * rounded to nearest even in y_dtype.
+ *
+ *   values, index   a packed matrix of these rows, cols, n, m and dtype.
+ *   x               batch x cols elements of x_dtype, row-major.
+ *   x_dtype         MSP_DTYPE_F32, MSP_DTYPE_F16 or MSP_DTYPE_BF16.
+ *   batch           > 0; batch * cols and batch * rows must fit in int64_t.
+ *   y               batch x rows elements of y_dtype, row-major; must not overlap the inputs.
+ *   y_dtype         MSP_DTYPE_F32, MSP_DTYPE_F16 or MSP_DTYPE_BF16 (x_dtype for torch's behaviour,
+ *                   MSP_DTYPE_F32 for the unrounded sums).
+ *
+ * Kernels: AVX-512 (F, BW, VL, DQ, VBMI2, BITALG, VPOPCNTDQ) where the CPU has it, else AVX2 with
+ * FMA, else portable C; all give the same bits. The environment variable MSP_ISA=avx2 or
+ * MSP_ISA=portable, read once per process, caps the choice (msp_nm_linear_isa says which runs).
+ * Uses scratch of about 16 x (cols + rows) floats.
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL pointer, bad size, dtype, pattern or batch, an index
+ * that breaks the format: y unchanged); MSP_ERR_OUT_OF_MEMORY.
+ */
+msp_status msp_nm_linear(const void *values, const uint8_t *index, msp_dtype dtype, int64_t rows, int64_t cols,
+                         int32_t n, int32_t m, const void *x, msp_dtype x_dtype, int64_t batch, void *y,
+                         msp_dtype y_dtype);
+
+/* The kernels msp_nm_linear uses in this process: "avx512", "avx2" or "portable"; static storage. */
+const char *msp_nm_linear_isa(void);
 
 /* ---------------------------------------------------------------------------------------------
  * Fisher traces
@@ -567,8 +668,8 @@ typedef struct msp_search_params {
     int32_t fidelity_levels;     /* in [1, MSP_MAX_FIDELITY_LEVELS] (default 1: single fidelity) */
     double fidelity_keep;        /* in (0, 1]: fraction promoted to the next fidelity (default 0.25) */
     /* Appended with the surrogate (sizeof(msp_search_params) is 112 on LP64 since then): */
-    int32_t surrogate_candidates; /* in [0, MSP_MAX_OFFSPRING]: offspring per generation proposed by the surrogate;
-                                     at most `offspring` are used; 0 = off (default 2) */
+    int32_t surrogate_candidates; /* in [0, MSP_MAX_OFFSPRING]: offspring per generation proposed by
+                                     the surrogate; at most `offspring` are used; 0 = off (default 2) */
     double surrogate_ridge;       /* finite, > 0: evaluations' worth of weight pulling each (group,
                                      level) correction toward the proxies (default 0.3) */
     double surrogate_exploration; /* finite, >= 0: scale of the perturbation of the surrogate for its
@@ -772,6 +873,161 @@ msp_status msp_cost_table_energy(const void *weights, msp_dtype dtype, int64_t r
 msp_status msp_cost_table_reconstruction(const void *weights, msp_dtype dtype, int64_t rows, int64_t cols,
                                          const msp_level *levels, int64_t num_levels, int32_t scope,
                                          const float *col_scale, const float *gram, double *costs_out);
+
+/* ---------------------------------------------------------------------------------------------
+ * Pruning with second-order information (SparseGPT)
+ *
+ * SparseGPT (Frantar & Alistarh, 2023) prunes a layer with the Gram matrix of its calibration
+ * inputs, H = sum_t x_t x_t^T (cols x cols): it sweeps the columns and spreads each pruned weight's
+ * error over the later columns of its row, optimal-brain-surgeon style, so that the layer's output
+ * on those inputs changes as little as possible. msp_gram_* accumulates H per layer from activation
+ * chunks; msp_obs_create factorises one H once, and msp_obs_prune then prunes any number of levels
+ * and weight matrices with it (every level of a layer for a search database; the weights of several
+ * layers that share inputs, such as q/k/v or gate/up). Usage sketch:
+ *
+ *     int64_t cols[1] = {COLS};
+ *     msp_gram *acc;  msp_gram_create(cols, 1, &acc);
+ *     for each calibration batch:  msp_gram_add(acc, 0, x, MSP_DTYPE_BF16, TOKENS, COLS);
+ *     float *h = malloc(sizeof(float) * COLS * COLS);  msp_gram_get(acc, 0, h);
+ *     msp_obs *obs;  msp_obs_create(h, COLS, 0.01, &obs);
+ *     msp_level level = {0.7, 0, 0};              // 70% unstructured; {0.75, 2, 8} for 2:8
+ *     msp_obs_prune(obs, w, MSP_DTYPE_BF16, ROWS, COLS, &level, 128, keep);
+ * ------------------------------------------------------------------------------------------- */
+
+/* Accumulator of per-layer Gram matrices of layer inputs. Opaque. */
+typedef struct msp_gram msp_gram;
+
+/*
+ * Creates an accumulator over `num_layers` layers with cols[l] input features each; every Gram
+ * matrix starts at zero. Nothing is allocated per layer until its first msp_gram_add.
+ *
+ *   cols        num_layers values in [1, INT32_MAX] (copied).
+ *   num_layers  > 0.
+ *   out         receives the handle; release it with msp_gram_free.
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL pointer, num_layers <= 0, a bad width);
+ * MSP_ERR_OUT_OF_MEMORY. *out is unchanged on error.
+ */
+msp_status msp_gram_create(const int64_t *cols, int64_t num_layers, msp_gram **out);
+
+/* Releases an accumulator. Accepts NULL. The handle must not be in use by another thread. */
+void msp_gram_free(msp_gram *gram);
+
+/*
+ * Adds sum_t x_t x_t^T of one activation chunk to layer `layer` and counts its tokens. Each run of
+ * at most 128 tokens is multiplied in float32 by BLAS (ssyrk; the columns scaled by powers of two
+ * first, so no product overflows) and added into a double accumulator: every entry agrees with a
+ * float64 reference to better than 1e-5 of sqrt(H_ii * H_jj). The layer's accumulator (8 * cols^2
+ * bytes) is allocated by its first add; each call uses 4 * cols^2 bytes of scratch besides.
+ *
+ *   layer   in [0, num_layers).
+ *   x       tokens x cols elements of `dtype`, row-major (one token per row); must be finite.
+ *   tokens  > 0.
+ *   cols    the layer's width, as given to msp_gram_create.
+ *
+ * Thread safety: calls for distinct layers may run concurrently; calls for the same layer, and any
+ * call concurrent with msp_gram_reset, must be serialised by the caller.
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL, bad layer, size, width or dtype, a non-finite
+ * element: the message names the layer, token and column; a diagonal entry that would exceed
+ * 2^127, half the float32 range: scale the inputs down); MSP_ERR_OUT_OF_MEMORY. The accumulator is
+ * unchanged on error.
+ */
+msp_status msp_gram_add(msp_gram *gram, int64_t layer, const void *x, msp_dtype dtype, int64_t tokens,
+                        int64_t cols);
+
+/* The number of tokens added to layer `layer` since creation or the last reset. Returns MSP_OK or
+ * MSP_ERR_INVALID_ARGUMENT (NULL, bad layer). */
+msp_status msp_gram_tokens(const msp_gram *gram, int64_t layer, int64_t *out);
+
+/*
+ * Writes layer `layer`'s Gram matrix H = sum_t x_t x_t^T into out[0 .. cols^2 - 1], row-major,
+ * rounded to float32 and exactly symmetric; all zeros before the first add. Not divided by the
+ * token count (SparseGPT's solver does not depend on the scale of H; sqrt(H_jj / tokens) is the
+ * root-mean-square of input feature j, and sqrt(H_jj) is the norm Wanda scores with).
+ *
+ * Thread safety: may run concurrently with calls for other layers.
+ * Returns MSP_OK or MSP_ERR_INVALID_ARGUMENT (NULL, bad layer; out unchanged).
+ */
+msp_status msp_gram_get(const msp_gram *gram, int64_t layer, float *out);
+
+/* Clears every layer's Gram matrix and token count (releasing their memory), keeping the widths.
+ * Returns MSP_OK or MSP_ERR_INVALID_ARGUMENT (NULL). */
+msp_status msp_gram_reset(msp_gram *gram);
+
+/* A factorised Gram matrix that prunes weights with SparseGPT. Opaque, immutable after creation. */
+typedef struct msp_obs msp_obs;
+
+/*
+ * Prepares a Gram matrix as SparseGPT's reference (fasterprune) does and factorises it once:
+ *   1. an input j whose diagonal H_jj is 0 is dead: H_jj is set to 1, and msp_obs_prune sets the
+ *      weights of column j to 0 before its sweep (they score 0, so a level prunes them first);
+ *   2. damp * mean(diag H) (the mean after step 1) is added to the diagonal;
+ *   3. U, the upper Cholesky factor of H^-1 (H^-1 = U^T U), is computed in double with LAPACK
+ *      (dpotrf and dtrtri of the reversed matrix, H being scaled by a power of four first, which
+ *      changes no result) and kept in float32 (4 * cols^2 bytes; the computation uses 8 * cols^2
+ *      bytes of scratch).
+ *
+ *   gram   cols x cols floats, row-major; only the lower triangle (j <= i) is read, and must be
+ *          finite; the matrix is taken as symmetric (e.g. from msp_gram_get, or X^T X).
+ *   cols   in [1, INT32_MAX].
+ *   damp   finite, >= 0; SparseGPT's default is 0.01.
+ *   out    receives the handle; release it with msp_obs_free.
+ *
+ * Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL, bad cols or damp, a non-finite entry: the
+ * message names it; a matrix that is not positive definite after damping, or so close to singular
+ * that its factor leaves the float32 range: the message says so and suggests a larger damp);
+ * MSP_ERR_OUT_OF_MEMORY. *out is unchanged on error.
+ */
+msp_status msp_obs_create(const float *gram, int64_t cols, double damp, msp_obs **out);
+
+/* Releases a solver. Accepts NULL. No msp_obs_prune on it may be running. */
+void msp_obs_free(msp_obs *obs);
+
+/*
+ * Prunes weights in place to one level with SparseGPT's sweep and writes the keep mask.
+ *
+ * The sweep runs on a float32 copy of the weights (dead inputs zeroed) over blocks of `block`
+ * columns. When it reaches a pruned weight w in row r and column c, it sets w to 0 and updates the
+ * row's later columns j of the block by w_rj -= (w / U_cc) * U_cj (one fused multiply-add); after
+ * each block, the columns after it get the block's errors at once (sgemm on panels of 256 rows).
+ * Which weights are pruned, by the score w^2 / U_cc^2 (float32) on the weights as updated so far:
+ *   - unstructured (level->n = level->m = 0): when the sweep reaches a block of `width` columns,
+ *     exactly floor(sparsity * rows * width + 0.5) weights of the whole block (all rows) are pruned:
+ *     those with the lowest score, ties pruning the higher row-major index within the block first;
+ *   - N:M (0 < n < m): when the sweep reaches a group of m columns in a row, the n with the highest
+ *     score are kept (ties: the lower column), the others pruned; `block` is rounded down to a
+ *     multiple of m (at least m), which changes no choice, only rounding;
+ *   - n == m (dense): nothing is pruned (dead inputs are still zeroed).
+ * Weights of dead inputs are zeroed first, so a level prunes them first; when a level prunes fewer
+ * weights than score 0 (dead or zero weights), some zeros are counted as kept. The result is
+ * computed in float32 (16-bit weights rounded once at the end, to nearest even) and does not
+ * depend on the thread count.
+ *
+ *   obs        a solver from msp_obs_create.
+ *   weights    rows x cols elements of `dtype`, row-major, finite; replaced by the pruned weights.
+ *   dtype      MSP_DTYPE_F32, MSP_DTYPE_F16 or MSP_DTYPE_BF16.
+ *   rows       in [1, INT32_MAX]; rows * cols must fit in int64_t.
+ *   cols       the solver's cols; for an N:M level a multiple of m.
+ *   level      one level, as in a level set: unstructured (n = m = 0) with sparsity in [0, 1), or
+ *              N:M with 0 < n <= m <= MSP_MAX_M and sparsity = 1 - n/m within
+ *              MSP_LEVEL_SPARSITY_TOLERANCE.
+ *   block      > 0; SparseGPT's default is 128 (the unstructured choice is made per block).
+ *   keep_out   NULL, or rows x cols bytes written with 1 = keep, 0 = pruned; must not overlap
+ *              `weights`.
+ *
+ * Threads: with a single-threaded OpenBLAS (OPENBLAS_NUM_THREADS=1, the faster setting), panels of
+ * 256 rows are split across msp's threads (msp_set_num_threads); next to a multithreaded OpenBLAS
+ * (its default) the sweep stays on the calling thread and OpenBLAS parallelises the products, since
+ * its idle threads spin and would take the cores from msp's. The result is the same either way.
+ * Uses scratch memory of 4 * rows * cols bytes plus 8 * rows * min(block, cols) bytes.
+ * Thread safety: the solver is immutable; calls on one solver may run concurrently (on distinct
+ * buffers). Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL, bad size, dtype, level or block, cols
+ * differing from the solver's, an N:M level whose m does not divide cols, a non-finite weight: the
+ * message names it; pruned weights that overflow the element type: the message suggests a larger
+ * damp); MSP_ERR_OUT_OF_MEMORY. On error neither the weights nor the keep mask have changed.
+ */
+msp_status msp_obs_prune(const msp_obs *obs, void *weights, msp_dtype dtype, int64_t rows, int64_t cols,
+                         const msp_level *level, int64_t block, uint8_t *keep_out);
 
 #ifdef __cplusplus
 }

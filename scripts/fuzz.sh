@@ -7,7 +7,7 @@
 # Swift's own checks (integer overflow, bounds, force unwraps) stay on in -c release, so a trap in
 # the library shows up as a crash of the target.
 #
-# usage: scripts/fuzz.sh [--build-only] [target ...]   (targets: masking fisher planning search checkpoint cost_table;
+# usage: scripts/fuzz.sh [--build-only] [target ...]   (targets: masking fisher planning search checkpoint cost_table packed obs;
 #                                                      default: all)
 # env:   FUZZ_SECONDS   seconds per target (default 60)
 #        FUZZ_BUILD     scratch folder (default .build-fuzz): fuzz/<target> binaries, corpus/<target>
@@ -22,7 +22,7 @@ SECONDS_PER_TARGET=${FUZZ_SECONDS:-60}
 BUILD=${FUZZ_BUILD:-.build-fuzz}
 SWIFT=${SWIFT:-swift}
 CLANG=${CLANG:-$(dirname "$(readlink -f "$(command -v "$SWIFT")")")/clang}
-ALL_TARGETS=(masking fisher planning search checkpoint cost_table)
+ALL_TARGETS=(masking fisher planning search checkpoint cost_table packed obs)
 
 build_only=0
 targets=()
@@ -60,6 +60,9 @@ for t in "${targets[@]}"; do
 done
 [ $build_only -eq 0 ] || exit 0
 
+# A single-threaded OpenBLAS, so that msp_obs_prune splits its rows across msp's threads (it keeps
+# them on the calling thread next to a multithreaded OpenBLAS) and fuzz_obs compares 1 and 2 threads.
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 # Swift's crash handler would race ASan's report: let libFuzzer and ASan report traps.
 export SWIFT_BACKTRACE=enable=no
 export ASAN_OPTIONS=${ASAN_OPTIONS:-quarantine_size_mb=64:detect_leaks=1}

@@ -23,18 +23,9 @@ public func msp_fisher_create(
     _ sizes: UnsafePointer<Int64>?, _ num_layers: Int64, _ out: UnsafeMutablePointer<OpaquePointer?>?
 ) -> msp_status {
     boundary {
-        let sizes = try required(sizes, "sizes")
+        let sizes = try layerValues(sizes, num_layers, "sizes")
         let out = try required(out, "out")
-        guard num_layers > 0 else {
-            throw MSPError.invalidArgument("num_layers (\(num_layers)) must be > 0")
-        }
-        guard let count = Int(exactly: num_layers),
-            !count.multipliedReportingOverflow(by: MemoryLayout<Int64>.stride).overflow
-        else {
-            throw MSPError.invalidArgument("num_layers (\(num_layers)) is too large")
-        }
-        let layerSizes = UnsafeBufferPointer(start: sizes, count: count).lazy.map { Int($0) }
-        let accumulator = try FisherAccumulator(sizes: layerSizes)
+        let accumulator = try FisherAccumulator(sizes: sizes)
         out.pointee = retained(accumulator)
     }
 }

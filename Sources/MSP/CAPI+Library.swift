@@ -76,6 +76,6 @@ public func msp_get_num_threads() -> Int32 {
 }
 
 /// A C string with static storage: Swift string literals are NUL-terminated in the binary.
-private func cString(_ text: StaticString) -> UnsafePointer<CChar> {
+func cString(_ text: StaticString) -> UnsafePointer<CChar> {
     UnsafeRawPointer(text.utf8Start).assumingMemoryBound(to: CChar.self)
 }

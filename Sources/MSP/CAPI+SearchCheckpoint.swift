@@ -26,7 +26,8 @@ public func msp_search_save(
         let bytes = search.checkpoint()
         guard Int64(bytes.count) <= capacity else {
             throw MSPError.invalidArgument(
-                "capacity (\(capacity)) is smaller than the checkpoint (\(bytes.count) bytes); see msp_search_save_size")
+                "capacity (\(capacity)) is smaller than the checkpoint (\(bytes.count) bytes); "
+                    + "see msp_search_save_size")
         }
         bytes.withUnsafeBytes { source in
             if let base = source.baseAddress { buffer.copyMemory(from: base, byteCount: source.count) }

@@ -65,6 +65,21 @@ func array<T>(_ pointer: UnsafePointer<T>?, _ count: Int, _ name: String) throws
     Array(UnsafeBufferPointer(start: try required(pointer, name), count: count))
 }
 
+/// The `num_layers` values of an accumulator's int64 array argument (layer sizes or widths), as
+/// `Int`s; their ranges are the accumulator's to check.
+/// - Throws: `MSPError.invalidArgument` for NULL, `num_layers <= 0`, or an array too large to
+///   address.
+func layerValues(_ pointer: UnsafePointer<Int64>?, _ numLayers: Int64, _ name: String) throws -> [Int] {
+    let pointer = try required(pointer, name)
+    guard numLayers > 0 else { throw MSPError.invalidArgument("num_layers (\(numLayers)) must be > 0") }
+    guard let count = Int(exactly: numLayers),
+        !count.multipliedReportingOverflow(by: MemoryLayout<Int64>.stride).overflow
+    else {
+        throw MSPError.invalidArgument("num_layers (\(numLayers)) is too large")
+    }
+    return UnsafeBufferPointer(start: pointer, count: count).map { Int($0) }
+}
+
 /// Converts a scope argument.
 /// - Throws: `MSPError.invalidArgument` for a value that is not an `MSP_SCOPE_*` constant.
 func topKScope(_ scope: Int32) throws -> TopKScope {
@@ -74,11 +89,11 @@ func topKScope(_ scope: Int32) throws -> TopKScope {
     return value
 }
 
-/// Converts a dtype argument.
+/// Converts a dtype argument named `name` in messages.
 /// - Throws: `MSPError.invalidArgument` for a value that is not an `MSP_DTYPE_*` constant.
-func elementType(_ dtype: msp_dtype) throws -> ElementType {
+func elementType(_ dtype: msp_dtype, _ name: String = "dtype") throws -> ElementType {
     guard let type = ElementType(rawValue: dtype) else {
-        throw MSPError.invalidArgument("dtype (\(dtype)) is not MSP_DTYPE_F32, MSP_DTYPE_F16 or MSP_DTYPE_BF16")
+        throw MSPError.invalidArgument("\(name) (\(dtype)) is not MSP_DTYPE_F32, MSP_DTYPE_F16 or MSP_DTYPE_BF16")
     }
     return type
 }

@@ -81,7 +81,8 @@ public enum Checkpoint {
             let length = try header.u64("length")
             guard length == UInt64(data.count - Checkpoint.headerSize - Checkpoint.trailerSize) else {
                 throw fail(
-                    "the payload length (\(length)) does not match the \(data.count) bytes given (truncated or extended)")
+                    "the payload length (\(length)) does not match the \(data.count) bytes given "
+                        + "(truncated or extended)")
             }
             let body = UnsafeRawBufferPointer(rebasing: data[0..<(data.count - Checkpoint.trailerSize)])
             var trailer = Reader(payload: Array(data[(data.count - Checkpoint.trailerSize)...]))
@@ -149,7 +150,9 @@ public enum Checkpoint {
             }
             return try (0..<n).map { i in
                 let v = try double("\(field)[\(i)]")
-                guard valid(v) else { throw MSPError.invalidArgument("checkpoint field \(field)[\(i)] (\(v)) is out of range") }
+                guard valid(v) else {
+                    throw MSPError.invalidArgument("checkpoint field \(field)[\(i)] (\(v)) is out of range")
+                }
                 return v
             }
         }

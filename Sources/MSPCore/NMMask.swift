@@ -39,6 +39,16 @@ public enum NMMask {
         try run(weights, weights, keepMask, matrix, pattern, rule)
     }
 
+    /// Writes the keep mask of magnitude scores |w[r][c]| * colScale[c] without changing the
+    /// weights, for callers that checked the shape, the scale and the weights already (no check
+    /// here: a NaN score gives an unspecified mask).
+    static func magnitudeMask(
+        weights: UnsafeRawPointer, _ matrix: Matrix, pattern: NMPattern, colScale: UnsafeBufferPointer<Float>?,
+        keepMask: UnsafeMutablePointer<UInt8>
+    ) throws {
+        try run(weights, nil, keepMask, matrix, pattern, .magnitude(colScale: colScale))
+    }
+
     private static func run(
         _ src: UnsafeRawPointer, _ dst: UnsafeMutableRawPointer?, _ mask: UnsafeMutablePointer<UInt8>?,
         _ matrix: Matrix, _ pattern: NMPattern, _ rule: ScoreRule

@@ -116,7 +116,8 @@ extension Search {
         for i in 0..<members {
             let plan = try reader.plan(&r, "population[\(i)]")
             let fitness = try r.double("population[\(i)] fitness")
-            guard !fitness.isNaN, fitness != -.infinity, fitness >= (state.population.last?.fitness ?? -.infinity) else {
+            let previous = state.population.last?.fitness ?? -.infinity
+            guard !fitness.isNaN, fitness != -.infinity, fitness >= previous else {
                 throw MSPError.invalidArgument("checkpoint field population[\(i)] fitness (\(fitness)) is out of order")
             }
             state.population.append((plan, fitness))
@@ -145,7 +146,8 @@ extension Search {
                 let n = Int(try r.u32("levels[\(k)] n")), m = Int(try r.u32("levels[\(k)] m"))
                 let level = n == 0 && m == 0 ? try Level(sparsity: sparsity) : try Level(n: n, m: m)
                 guard level.sparsity.bitPattern == sparsity.bitPattern else {
-                    throw MSPError.invalidArgument("checkpoint field levels[\(k)] sparsity (\(sparsity)) is not 1 - n/m")
+                    throw MSPError.invalidArgument(
+                        "checkpoint field levels[\(k)] sparsity (\(sparsity)) is not 1 - n/m")
                 }
                 return level
             })

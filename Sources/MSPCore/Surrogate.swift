@@ -30,8 +30,9 @@ struct Surrogate {
     ///   - ridge: > 0.
     /// - Returns: the model, or nil with fewer than two finite values (or values whose model
     ///   overflows).
-    static func fit(problem: Problem, plans: [UInt8], values: [Double], proxies: [[Double]], ridge: Double) -> Surrogate?
-    {
+    static func fit(
+        problem: Problem, plans: [UInt8], values: [Double], proxies: [[Double]], ridge: Double
+    ) -> Surrogate? {
         let units = problem.unitCount, levels = problem.levels.count
         let bounds = problem.unitBounds
         var offsets = [Int](repeating: 0, count: units)

@@ -10,12 +10,13 @@ tensors::
 
 Planning: ``msp.FisherAccumulator`` (sensitivities), ``msp.nm_levels`` / ``msp.ratio_levels`` (level
 sets), ``msp.plan`` / ``msp.Search`` (per-layer plans, with ``msp.SearchSettings``),
-``msp.cost_table`` (proxy costs). The PyTorch helpers live in the package ``msp.torch``, the only
+``msp.cost_table`` (proxy costs). SparseGPT: ``msp.GramAccumulator`` (Gram matrices of layer inputs)
+and ``msp.OBS`` (one factorised Gram matrix that prunes any number of levels and weights). The PyTorch helpers live in the package ``msp.torch``, the only
 part of msp that imports torch; ``import msp`` alone never does.
 
 This module only re-exports; each name lives in the module of its concern (``msp.masking``,
 ``msp.fisher``, ``msp.levels``, ``msp.plans``, ``msp.problem``, ``msp.search``,
-``msp.search_settings``, ``msp.planner``, ``msp.costs``, ``msp.errors``).
+``msp.search_settings``, ``msp.planner``, ``msp.costs``, ``msp.gram``, ``msp.obs``, ``msp.errors``).
 
 Library errors raise ``msp.MSPError`` subclasses that are also ``ValueError``, ``MemoryError`` or
 ``RuntimeError``.
@@ -41,6 +42,9 @@ from .search_settings import SearchSettings
 from .search import Search
 from .planner import plan
 from .costs import cost_table
+from .packed import PackedNM, nm_linear, nm_pack
+from .gram import GramAccumulator
+from .obs import OBS
 
 __version__ = version()
 
@@ -66,4 +70,9 @@ __all__ = [
     "SearchSettings",
     "plan",
     "cost_table",
+    "PackedNM",
+    "nm_pack",
+    "nm_linear",
+    "GramAccumulator",
+    "OBS",
 ]

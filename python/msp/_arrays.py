@@ -214,6 +214,65 @@ def new_keep_mask(matrix: Buffer) -> tuple[Any, int]:
     return mask, int(raw.ctypes.data)
 
 
+def new_array(like: Any, shape: tuple, dtype: int | None) -> tuple[Any, int]:
+    """Allocate an uninitialised C-contiguous buffer for the library to write, of the kind of
+    ``like`` (a numpy array for a numpy array, a CPU tensor for a tensor).
+
+    Args:
+        like: the array or tensor whose kind the result takes (for a numpy bfloat16 buffer, its
+            ``ml_dtypes.bfloat16`` dtype).
+        shape: the buffer's shape.
+        dtype: ``MSP_DTYPE_*`` for floats, or None for uint8 bytes.
+
+    Returns:
+        ``(buffer, pointer)``.
+    """
+    torch = torch_of(like)
+    if torch is not None:
+        codes = {None: torch.uint8, DTYPE_F32: torch.float32, DTYPE_F16: torch.float16, DTYPE_BF16: torch.bfloat16}
+        buffer = torch.empty(shape, dtype=codes[dtype])
+        return buffer, int(buffer.data_ptr())
+    codes = {None: np.uint8, DTYPE_F32: np.float32, DTYPE_F16: np.float16, DTYPE_BF16: like.dtype}
+    buffer = np.empty(shape, dtype=codes[dtype])
+    return buffer, int(buffer.ctypes.data)
+
+
+def as_bytes(x: Any, name: str, shape: tuple) -> tuple[Any, int]:
+    """View a uint8 numpy array or CPU tensor of exactly ``shape`` (a packed index) for the library
+    to read; a C-contiguous copy when it is not contiguous.
+
+    Returns:
+        ``(array, pointer)``: the array the pointer points into (keep it alive).
+
+    Raises:
+        TypeError: not a uint8 array or CPU tensor.
+        ValueError: another shape.
+    """
+    torch = torch_of(x)
+    if torch is not None:
+        if x.dtype != torch.uint8 or x.device.type != "cpu":
+            raise TypeError(f"{name} must be a uint8 CPU tensor, got {x.dtype} on {x.device}")
+        found = tuple(x.shape)
+    elif isinstance(x, np.ndarray):
+        if x.dtype != np.uint8:
+            raise TypeError(f"{name} must be a uint8 array, got {x.dtype}")
+        found = x.shape
+    else:
+        raise TypeError(f"{name} must be a numpy array or torch tensor of uint8, got {type(x).__name__}")
+    if found != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {found}")
+    if torch is not None:
+        x = x.detach().contiguous()
+        return x, int(x.data_ptr())
+    x = np.ascontiguousarray(x)
+    return x, int(x.ctypes.data)
+
+
+def nbytes(x: Any) -> int:
+    """The bytes of a numpy array's or tensor's elements."""
+    return int(x.numel() * x.element_size()) if torch_of(x) is not None else int(x.nbytes)
+
+
 def pointer(array: np.ndarray | None) -> int | None:
     """The address of a numpy array's data for a C pointer argument; None (NULL) for None."""
     return None if array is None else int(array.ctypes.data)

@@ -8,7 +8,9 @@ Search order (the first that exists is loaded):
 3. ``.build/release/libmsp.so`` of the source checkout this file lives in (``make lib``);
 4. ``ctypes.util.find_library("msp")``.
 
-If none loads, ``OSError`` lists every path tried and why it failed. The library's
+If none loads, ``OSError`` lists every path tried and why it failed; when a libmsp.so was found
+but a library it needs was not (libopenblas.so.0 on a machine without OpenBLAS), the message
+names that library first and says how to get it. The library's
 ``msp_abi_version()`` must equal ``ABI_VERSION``, and it must export every function of the table
 below; otherwise the import fails with ``ImportError`` giving the versions or the missing names.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 from collections import namedtuple
 from ctypes import CFUNCTYPE, POINTER, Structure, c_char_p, c_double, c_int32, c_int64, c_uint32, c_uint64, c_void_p
 from pathlib import Path
@@ -155,6 +158,16 @@ _DECLARATIONS = [
     ("msp_nm_prune", _STATUS, (c_void_p, c_int32, c_int64, c_int64, c_int32, c_int32, c_void_p, c_void_p)),
     # msp_status msp_topk_prune(void *weights, msp_dtype dtype, int64_t rows, int64_t cols, double sparsity, int32_t scope, const float *col_scale, uint8_t *keep_mask_out);
     ("msp_topk_prune", _STATUS, (c_void_p, c_int32, c_int64, c_int64, c_double, c_int32, c_void_p, c_void_p)),
+    # msp_status msp_nm_packed_size(int64_t rows, int64_t cols, int32_t n, int32_t m, msp_dtype dtype, int64_t *values_bytes_out, int64_t *index_bytes_out);
+    ("msp_nm_packed_size", _STATUS, (c_int64, c_int64, c_int32, c_int32, c_int32, _p_int64, _p_int64)),
+    # msp_status msp_nm_pack(const void *weights, msp_dtype dtype, int64_t rows, int64_t cols, int32_t n, int32_t m, const float *col_scale, void *values_out, uint8_t *index_out);
+    ("msp_nm_pack", _STATUS, (c_void_p, c_int32, c_int64, c_int64, c_int32, c_int32, c_void_p, c_void_p, c_void_p)),
+    # msp_status msp_nm_unpack(const void *values, const uint8_t *index, msp_dtype dtype, int64_t rows, int64_t cols, int32_t n, int32_t m, void *weights_out);
+    ("msp_nm_unpack", _STATUS, (c_void_p, c_void_p, c_int32, c_int64, c_int64, c_int32, c_int32, c_void_p)),
+    # msp_status msp_nm_linear(const void *values, const uint8_t *index, msp_dtype dtype, int64_t rows, int64_t cols, int32_t n, int32_t m, const void *x, msp_dtype x_dtype, int64_t batch, void *y, msp_dtype y_dtype);
+    ("msp_nm_linear", _STATUS, (c_void_p, c_void_p, c_int32, c_int64, c_int64, c_int32, c_int32, c_void_p, c_int32, c_int64, c_void_p, c_int32)),
+    # const char *msp_nm_linear_isa(void);
+    ("msp_nm_linear_isa", c_char_p, ()),
     # msp_status msp_sum_squares(const void *data, msp_dtype dtype, int64_t count, double *out);
     ("msp_sum_squares", _STATUS, (c_void_p, c_int32, c_int64, _p_double)),
     # msp_status msp_fisher_create(const int64_t *sizes, int64_t num_layers, msp_fisher **out);
@@ -223,6 +236,24 @@ _DECLARATIONS = [
     ("msp_cost_table_energy", _STATUS, (c_void_p, c_int32, c_int64, c_int64, _p_level, c_int64, c_int32, c_void_p, c_void_p, c_double, c_void_p)),
     # msp_status msp_cost_table_reconstruction(const void *weights, msp_dtype dtype, int64_t rows, int64_t cols, const msp_level *levels, int64_t num_levels, int32_t scope, const float *col_scale, const float *gram, double *costs_out);
     ("msp_cost_table_reconstruction", _STATUS, (c_void_p, c_int32, c_int64, c_int64, _p_level, c_int64, c_int32, c_void_p, c_void_p, c_void_p)),
+    # msp_status msp_gram_create(const int64_t *cols, int64_t num_layers, msp_gram **out);
+    ("msp_gram_create", _STATUS, (c_void_p, c_int64, _p_handle)),
+    # void msp_gram_free(msp_gram *gram);
+    ("msp_gram_free", None, (c_void_p,)),
+    # msp_status msp_gram_add(msp_gram *gram, int64_t layer, const void *x, msp_dtype dtype, int64_t tokens, int64_t cols);
+    ("msp_gram_add", _STATUS, (c_void_p, c_int64, c_void_p, c_int32, c_int64, c_int64)),
+    # msp_status msp_gram_tokens(const msp_gram *gram, int64_t layer, int64_t *out);
+    ("msp_gram_tokens", _STATUS, (c_void_p, c_int64, _p_int64)),
+    # msp_status msp_gram_get(const msp_gram *gram, int64_t layer, float *out);
+    ("msp_gram_get", _STATUS, (c_void_p, c_int64, c_void_p)),
+    # msp_status msp_gram_reset(msp_gram *gram);
+    ("msp_gram_reset", _STATUS, (c_void_p,)),
+    # msp_status msp_obs_create(const float *gram, int64_t cols, double damp, msp_obs **out);
+    ("msp_obs_create", _STATUS, (c_void_p, c_int64, c_double, _p_handle)),
+    # void msp_obs_free(msp_obs *obs);
+    ("msp_obs_free", None, (c_void_p,)),
+    # msp_status msp_obs_prune(const msp_obs *obs, void *weights, msp_dtype dtype, int64_t rows, int64_t cols, const msp_level *level, int64_t block, uint8_t *keep_out);
+    ("msp_obs_prune", _STATUS, (c_void_p, c_void_p, c_int32, c_int64, c_int64, _p_level, c_int64, c_void_p)),
 ]
 
 
@@ -238,9 +269,37 @@ def _candidates() -> list[str]:
     return paths
 
 
+# The dynamic loader's errors name the file they are about first: "<file>: cannot open shared
+# object file: ...", "<file>: file too short", "<file>: version `...' not found (required by ...)".
+_LOADER_ERROR = re.compile(r"^(?P<name>[^:]+): ")
+
+
+def missing_dependency(path: str, error: OSError) -> str | None:
+    """The library that ``path`` needs and the dynamic loader could not load, read from the loader's
+    error when loading ``path`` failed; None when the failure is about ``path`` itself."""
+    found = _LOADER_ERROR.match(str(error))
+    return found["name"] if found and found["name"] != path else None
+
+
+def load_failure(tried: list[str], missing: list[str]) -> str:
+    """The message of a failed load: what to do first, then every path tried and why it failed."""
+    if missing:
+        names = ", ".join(dict.fromkeys(missing))
+        openblas = any("libopenblas" in name for name in missing)
+        headline = (
+            f"msp: libmsp.so was found, but the dynamic loader cannot load {names}, which it needs: install it"
+            + (" (libopenblas.so.0 comes with OpenBLAS, e.g. `apt-get install libopenblas0`)" if openblas else "")
+            + ", or install msp from its manylinux wheel (`pip wheel ./python`), which bundles libopenblas, "
+            "libgfortran and libquadmath"
+        )
+    else:
+        headline = "msp: cannot load libmsp.so (build it with `make lib`, or set MSP_LIBRARY_PATH)"
+    return headline + "; tried:\n  " + "\n  ".join(tried)
+
+
 def _load() -> tuple[ctypes.CDLL, str]:
     """Load the first candidate that exists; raise ``OSError`` naming every path tried."""
-    tried = []
+    tried, missing = [], []
     for path in _candidates():
         # find_library returns a bare soname that only the dynamic loader can resolve.
         if os.sep in path and not os.path.isfile(path):
@@ -250,12 +309,12 @@ def _load() -> tuple[ctypes.CDLL, str]:
             return ctypes.CDLL(path), path
         except OSError as error:
             tried.append(f"{path} ({error})")
+            dependency = missing_dependency(path, error)
+            if dependency:
+                missing.append(dependency)
     if not os.environ.get("MSP_LIBRARY_PATH") and ctypes.util.find_library("msp") is None:
         tried.append('ctypes.util.find_library("msp") (not found)')
-    raise OSError(
-        "msp: cannot load libmsp.so (build it with `make lib`, or set MSP_LIBRARY_PATH); tried:\n  "
-        + "\n  ".join(tried)
-    )
+    raise OSError(load_failure(tried, missing))
 
 
 def _check_abi(found: int, path: str) -> None:

@@ -84,14 +84,52 @@ def test_unloadable_library_reports_loader_error(tmp_path):
     assert result.returncode != 0 and str(fake) in result.stderr
 
 
-def _fake_library(tmp_path, source):
+def _fake_library(tmp_path, source, dependency=None):
+    """A libmsp.so compiled from ``source``; linked against libmsptestdep.so compiled from
+    ``dependency`` when given."""
     compiler = shutil.which("cc") or shutil.which("clang") or shutil.which("gcc")
     if compiler is None:
         pytest.skip("no C compiler")
+    link = []
+    if dependency is not None:
+        (tmp_path / "dep.c").write_text(dependency)
+        dep = tmp_path / "libmsptestdep.so"
+        subprocess.run([compiler, "-shared", "-fPIC", str(tmp_path / "dep.c"), "-o", str(dep)], check=True)
+        link = [f"-L{tmp_path}", "-lmsptestdep"]
     (tmp_path / "fake.c").write_text(source)
     library = tmp_path / "libmsp.so"
-    subprocess.run([compiler, "-shared", "-fPIC", str(tmp_path / "fake.c"), "-o", str(library)], check=True)
+    subprocess.run([compiler, "-shared", "-fPIC", str(tmp_path / "fake.c"), "-o", str(library)] + link, check=True)
     return library
+
+
+def test_a_missing_dependency_is_named_instead_of_libmsp(tmp_path):
+    """libmsp.so exists but a library it needs does not: the message names that library first
+    (the dynamic loader's own words), not a missing libmsp.so."""
+    source = "int msp_test_dependency(void);\nint msp_abi_version(void) { return msp_test_dependency(); }\n"
+    library = _fake_library(tmp_path, source, dependency="int msp_test_dependency(void) { return 1; }\n")
+    (tmp_path / "libmsptestdep.so").unlink()
+    result = _import_msp({"MSP_LIBRARY_PATH": str(library)})
+    assert result.returncode != 0 and "OSError" in result.stderr
+    assert "libmsp.so was found, but the dynamic loader cannot load libmsptestdep.so, which it needs" in result.stderr
+    assert f"{library} (libmsptestdep.so: cannot open shared object file" in result.stderr
+    assert "build it with `make lib`" not in result.stderr
+
+
+def test_the_load_failure_message_names_what_is_missing():
+    error = OSError("libopenblas.so.0: cannot open shared object file: No such file or directory")
+    assert _lib.missing_dependency("/site/msp/lib/libmsp.so", error) == "libopenblas.so.0"
+    assert _lib.missing_dependency("libmsp.so", OSError("libmsp.so: cannot open shared object file: x")) is None
+    assert _lib.missing_dependency("/x/libmsp.so", OSError("/x/libmsp.so: invalid ELF header")) is None
+    broken = OSError("/lib/x86_64-linux-gnu/libopenblas.so.0: file too short")  # present but unusable
+    assert _lib.missing_dependency("/x/libmsp.so", broken) == "/lib/x86_64-linux-gnu/libopenblas.so.0"
+    old = OSError("/lib/libstdc++.so.6: version `GLIBCXX_3.4.99' not found (required by /x/libmsp.so)")
+    assert _lib.missing_dependency("/x/libmsp.so", old) == "/lib/libstdc++.so.6"
+    message = _lib.load_failure(["/a/libmsp.so (libopenblas.so.0: cannot open ...)"], ["libopenblas.so.0"] * 2)
+    assert message.startswith("msp: libmsp.so was found, but the dynamic loader cannot load libopenblas.so.0, which")
+    assert "apt-get install libopenblas0" in message
+    assert message.endswith("tried:\n  /a/libmsp.so (libopenblas.so.0: cannot open ...)")
+    assert "apt-get" not in _lib.load_failure(["/a/libmsp.so (...)"], ["/lib/libstdc++.so.6"])
+    assert _lib.load_failure(["/b (not found)"], []).startswith("msp: cannot load libmsp.so (build it with `make lib`")
 
 
 def test_abi_mismatch_fails_the_import(tmp_path):

@@ -76,6 +76,16 @@ def _planning_names():
     assert msp.cost_table(w, [0.5, "1:4"]).tolist() == [1 + 4, 1 + 4 + 9]
 
 
+def _packed_names():
+    w = np.array([[3, -1, 4, 1, -5, 9, 2, -6]], np.float32)
+    packed = msp.nm_pack(w, "2:4")  # keeps 3, 4 and 9, -6: values in column order, index bits 0, 2, 5, 7
+    assert isinstance(packed, msp.PackedNM) and packed.values.tolist() == [[3, 4, 9, -6]]
+    assert packed.index.tolist() == [[0b10100101, 0, 0, 0]] and packed.nbytes == 16 + 4
+    assert packed.unpack().tolist() == [[3, 0, 4, 0, 0, 9, 0, -6]]
+    x = np.array([[1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 2, 0, 0, 0, 0, 1]], np.float32)
+    assert msp.nm_linear(x, packed).tolist() == [[10], [2]]  # 3 + 4 + 9 - 6, 2 * 4 - 6
+
+
 def _error_names():
     for cls, builtin in [(msp.InvalidArgumentError, ValueError), (msp.OutOfMemoryError, MemoryError),
                          (msp.InfeasibleError, ValueError), (msp.MSPCancelled, RuntimeError),
@@ -83,6 +93,17 @@ def _error_names():
         assert issubclass(cls, msp.MSPError) and issubclass(cls, builtin)
     with pytest.raises(msp.InfeasibleError):
         msp.plan([1, 1], 0.9, ratio_levels([0.0, 0.5]), method="uniform")
+
+
+def _sparsegpt_names():
+    acc = msp.GramAccumulator([2])
+    acc.add(0, np.array([[1, 2], [3, -1]], np.float32))
+    assert acc.gram(0).tolist() == [[10, -1], [-1, 5]] and acc.tokens(0) == 2
+    # H = [[2, 1], [1, 2]]: pruning w0 = 1 moves w1 by -w0 * H_10 / H_11 = -0.5 (the OBS update).
+    with msp.OBS(np.array([[2, 1], [1, 2]], np.float32), damp=0) as obs:
+        w = np.array([[1, 3]], np.float32)
+        assert obs.prune_(w, "1:2").tolist() == [[False, True]]
+        assert w[0, 0] == 0 and abs(w[0, 1] - 3.5) < 1e-6
 
 
 def _version_names():
@@ -101,6 +122,8 @@ MSP_NAMES = {
     "Level": _planning_names, "nm_levels": _planning_names, "ratio_levels": _planning_names,
     "Plan": _planning_names, "Problem": _planning_names, "Search": _planning_names,
     "SearchSettings": _planning_names, "plan": _planning_names, "cost_table": _planning_names,
+    "PackedNM": _packed_names, "nm_pack": _packed_names, "nm_linear": _packed_names,
+    "GramAccumulator": _sparsegpt_names, "OBS": _sparsegpt_names,
 }
 
 
@@ -304,6 +327,37 @@ def _readme_checkpoint(block, capsys):
     assert search.best.fitness <= namespace["my_loss"](exact)
 
 
+def _readme_packed(block, capsys):
+    generator = torch.Generator().manual_seed(6)
+    layer = torch.nn.Linear(256, 64).to(torch.bfloat16)
+    x = torch.randn(3, 256, generator=generator).to(torch.bfloat16)
+    dense = layer.weight.detach().clone()
+    namespace, printed = _run_readme_block(block, {"layer": layer, "x": x}, capsys)
+    msp.prune_nm_(dense, "2:8")
+    w, y = namespace["w"], namespace["y"]
+    assert torch.equal(w.view(torch.int16), dense.view(torch.int16))  # the weight itself is not pruned
+    assert not torch.equal(layer.weight.detach().view(torch.int16), dense.view(torch.int16))
+    exact = x.double() @ dense.double().T  # within float32 rounding, then rounded to bfloat16
+    assert torch.allclose(y.double(), exact, rtol=2**-8, atol=1e-6 * float(exact.abs().max()))
+    assert torch.equal(msp.nm_linear(x, namespace["stored"]).view(torch.int16), y.view(torch.int16))
+    assert printed.strip() == f"{64 * 64 * 2 + 64 * 32} bytes instead of {64 * 256 * 2}"
+
+
+def _readme_sparsegpt(block, capsys):
+    from sparsegpt_reference import fasterprune
+
+    namespace, _ = _run_readme_block(block, {}, capsys)
+    rng = np.random.default_rng(1)  # the block's data, made again
+    x = rng.standard_normal((4, 128, 64), dtype=np.float32).reshape(-1, 64).astype(np.float64)
+    dense_w = rng.standard_normal((32, 64), dtype=np.float32)
+    H = namespace["acc"].gram(0)
+    d = np.sqrt(np.diag(x.T @ x))
+    assert (np.abs(H - x.T @ x) <= 1e-5 * np.outer(d, d)).all() and namespace["acc"].tokens(0) == 512
+    ref_w, ref_keep = fasterprune(torch.from_numpy(dense_w).double(), torch.from_numpy(H).double(), n=2, m=8)
+    assert np.array_equal(namespace["keep"], ref_keep.numpy())
+    assert np.abs(namespace["w"] - ref_w.numpy()).max() <= 1e-4 * np.abs(dense_w).max()
+
+
 README_RUNNERS = {  # a line only that block has -> the test that runs it
     'msp.prune_nm_(layer.weight.data, "2:4")': _readme_masking,
     "traces = fisher_traces(model, layers, calibration)": _readme_pytorch_loop,
@@ -312,6 +366,8 @@ README_RUNNERS = {  # a line only that block has -> the test that runs it
     "model = nn.Sequential(": _readme_any_module,
     "while candidates := search.ask():": _readme_search,
     'resumed = msp.Search.load("search.msps")': _readme_checkpoint,
+    "stored = msp.PackedNM(": _readme_packed,
+    "acc = msp.GramAccumulator([64])": _readme_sparsegpt,
 }
 
 
