@@ -16,7 +16,7 @@ PREFIX ?= /usr/local
 LLMCOMPRESSOR_VENV := .venv-llmcompressor
 
 .PHONY: all deps lib install test test-swift test-abi test-c test-install test-python test-integrations \
-	test-wheel demo bench fuzz sanitize clean
+	test-wheel demo bench search-bench fuzz sanitize clean
 
 all: lib
 
@@ -62,6 +62,10 @@ demo: deps lib
 
 bench: deps lib
 	$(PYTHON) examples/bench.py
+
+# The search-quality record on synthetic problems with a known optimum (old vs new settings).
+search-bench: lib
+	$(PYTHON) examples/search_bench.py
 
 # libFuzzer targets in Tests/Fuzz against an ASan + coverage build (.build-fuzz), FUZZ_SECONDS each.
 FUZZ_SECONDS ?= 60

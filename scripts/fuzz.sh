@@ -7,7 +7,7 @@
 # Swift's own checks (integer overflow, bounds, force unwraps) stay on in -c release, so a trap in
 # the library shows up as a crash of the target.
 #
-# usage: scripts/fuzz.sh [--build-only] [target ...]   (targets: masking fisher planning search cost_table packed obs;
+# usage: scripts/fuzz.sh [--build-only] [target ...]   (targets: masking fisher planning search checkpoint cost_table packed obs;
 #                                                      default: all)
 # env:   FUZZ_SECONDS   seconds per target (default 60)
 #        FUZZ_BUILD     scratch folder (default .build-fuzz): fuzz/<target> binaries, corpus/<target>
@@ -22,7 +22,7 @@ SECONDS_PER_TARGET=${FUZZ_SECONDS:-60}
 BUILD=${FUZZ_BUILD:-.build-fuzz}
 SWIFT=${SWIFT:-swift}
 CLANG=${CLANG:-$(dirname "$(readlink -f "$(command -v "$SWIFT")")")/clang}
-ALL_TARGETS=(masking fisher planning search cost_table packed obs)
+ALL_TARGETS=(masking fisher planning search checkpoint cost_table packed obs)
 
 build_only=0
 targets=()

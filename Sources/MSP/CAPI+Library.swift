@@ -33,7 +33,7 @@ public func msp_get_limits(_ out: UnsafeMutablePointer<msp_limits>?) -> msp_stat
             max_survivors: Int64(MSP_MAX_SURVIVORS), max_fidelity_levels: Int64(MSP_MAX_FIDELITY_LEVELS),
             max_topk_cols: Int64(MSP_MAX_TOPK_COLS), solve_max_cells: Int64(MSP_SOLVE_MAX_CELLS),
             solve_max_steps: Int64(MSP_SOLVE_MAX_STEPS), max_tolerance: MSP_MAX_TOLERANCE,
-            level_sparsity_tolerance: MSP_LEVEL_SPARSITY_TOLERANCE)
+            level_sparsity_tolerance: MSP_LEVEL_SPARSITY_TOLERANCE, max_proxies: Int64(MSP_MAX_PROXIES))
         // The fields an older header declares: the first struct_size bytes.
         withUnsafeBytes(of: limits) { bytes in
             UnsafeMutableRawBufferPointer(start: out, count: size).copyMemory(

@@ -13,7 +13,8 @@ public func msp_search_params_default() -> msp_search_params {
         crossover_rate: d.crossoverRate, seed: d.seed, prior_strength: d.prior.strength,
         prior_per_parameter: d.prior.perParameter ? 1 : 0, prior_grid: d.priorGrid ? 1 : 0,
         max_evaluations: Int64(d.maxEvaluations), patience: Int32(d.patience), fidelity_levels: Int32(d.fidelityLevels),
-        fidelity_keep: d.fidelityKeep)
+        fidelity_keep: d.fidelityKeep, surrogate_candidates: Int32(d.surrogateCandidates),
+        surrogate_ridge: d.surrogateRidge, surrogate_exploration: d.surrogateExploration, pair_rate: d.pairRate)
 }
 
 /// Creates a search; see `include/msp.h`.
@@ -43,8 +44,24 @@ public func msp_search_create(
         p.patience = Int(c.patience)
         p.fidelityLevels = Int(c.fidelity_levels)
         p.fidelityKeep = c.fidelity_keep
+        p.surrogateCandidates = Int(c.surrogate_candidates)
+        p.surrogateRidge = c.surrogate_ridge
+        p.surrogateExploration = c.surrogate_exploration
+        p.pairRate = c.pair_rate
         let search = try Search(problem: problem, sensitivity: sensitivity, params: p)
         out.pointee = retained(search)
+    }
+}
+
+/// Adds a proxy cost table before the first ask; see `include/msp.h`.
+@_cdecl("msp_search_add_proxy")
+public func msp_search_add_proxy(_ search: OpaquePointer?, _ costs: UnsafePointer<Double>?) -> msp_status {
+    boundary {
+        let search: Search = try handle(search, "search")
+        let problem = search.problem
+        let (count, overflow) = problem.layerCount.multipliedReportingOverflow(by: problem.levels.count)
+        guard !overflow else { throw MSPError.invalidArgument("num_layers * num_levels overflows") }
+        try search.addProxy(layerCosts: try array(costs, count, "costs"))
     }
 }
 

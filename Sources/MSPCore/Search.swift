@@ -1,14 +1,17 @@
 // Search: the pruning-oriented evolutionary search over plans, driven by ask/tell.
 
+import CMSPHeader
+
 /// An evolutionary search for the plan of lowest fitness.
 ///
-/// Generation 0 evaluates prior plans (a grid of strengths and normalisations, or one prior). Each
-/// later generation breeds `offspring` plans never proposed before from the `survivors` best so far:
-/// a parent by tournament, crossover with a second parent (uniform per unit), then mutation (one
-/// unit moves a level up or down, plus more moves at `mutationRate`), then a budget repair that moves
-/// other units the opposite way (falling back to the nearest feasible plan by `AdditiveSolver`).
-/// All randomness comes from one `SplitMix64` seeded by `params.seed`, so the candidates depend only
-/// on the seed and the fitness values told. Not thread-safe: use one instance from one thread.
+/// Generation 0 evaluates prior plans (a grid of strengths and normalisations, or one prior) and the
+/// exact optimum of every proxy table added with `addProxy`. Each later generation proposes
+/// `offspring` plans never proposed before: up to `surrogateCandidates` of them minimise, exactly
+/// under the budget, an additive surrogate fitted to every full-fidelity evaluation (the first the
+/// fitted model, the others a random perturbation of it), and the rest are bred from the
+/// `survivors` best so far (see `Search+Breeding.swift`). All randomness comes from one
+/// `SplitMix64` seeded by `params.seed`, so the candidates depend only on the seed, the proxy tables
+/// and the fitness values told. Not thread-safe: use one instance from one thread.
 public final class Search {
     /// A batch of candidates to score, per unit, and the fidelity to score them at.
     public struct Batch: Sendable, Equatable {
@@ -18,32 +21,30 @@ public final class Search {
         public let fidelity: Int
     }
 
+    /// The most proxy tables one search holds (`MSP_MAX_PROXIES`).
+    public static let maxProxies = Int(MSP_MAX_PROXIES)
+
     /// The problem searched.
     public let problem: Problem
     /// The settings.
     public let params: SearchParams
-    private let sensitivity: [Double]
-    private var rng: SplitMix64
-    private var fitnessOf: [[UInt8]: Double] = [:]
-    private var proposed: Set<[UInt8]> = []
-    /// Best plans so far, best first (ties: first evaluated first).
-    private var population: [(plan: [Int], fitness: Double)] = []
-    private var pending: Batch?
-    private var priors: [[Int]] = []
-    private var stagePlans: [[Int]] = []
-    private var stage = 0
-    private var sinceImprovement = 0
+    /// Per-layer sensitivities.
+    let sensitivity: [Double]
+    /// The proxy tables added, per unit (`unitCount x levels.count` each).
+    private(set) var proxies: [[Double]] = []
+    /// Everything that changes as the search runs.
+    var state: SearchState
 
     /// Generations completed; the prior grid is generation 0, so this is -1 before it completes.
-    public private(set) var generation = -1
+    public var generation: Int { state.generation }
     /// Whether the search has finished.
-    public private(set) var isDone = false
+    public var isDone: Bool { state.isDone }
     /// Full-fidelity evaluations told so far.
-    public private(set) var evaluations = 0
+    public var evaluations: Int { state.values.count }
     /// Lower-fidelity evaluations told so far.
-    public private(set) var cheapEvaluations = 0
+    public var cheapEvaluations: Int { state.cheapEvaluations }
     /// Best fitness after each completed generation.
-    public private(set) var history: [Double] = []
+    public var history: [Double] { state.history }
 
     /// Creates a search and computes its generation-0 prior plans.
     /// - Throws: `MSPError.invalidArgument` for bad params or sensitivities; `MSPError.infeasible`
@@ -54,61 +55,102 @@ public final class Search {
         self.problem = problem
         self.params = params
         self.sensitivity = sensitivity
-        rng = SplitMix64(seed: params.seed)
-        priors = try priorPlans()
+        state = SearchState(seed: params.seed)
+        state.priors = try priorPlans()
+    }
+
+    /// A search with the given parts, already validated together (a restored checkpoint).
+    init(problem: Problem, params: SearchParams, sensitivity: [Double], proxies: [[Double]], state: SearchState) {
+        self.problem = problem
+        self.params = params
+        self.sensitivity = sensitivity
+        self.proxies = proxies
+        self.state = state
     }
 
     /// The best plan (per unit) and its fitness at the last fidelity, if any was evaluated.
-    public var best: (plan: [Int], fitness: Double)? { population.first }
+    public var best: (plan: [Int], fitness: Double)? { state.population.first }
 
     /// The most plans one batch can hold.
-    public var maxBatch: Int { max(params.offspring, 2 * SearchParams.gridStrengths.count) }
+    public var maxBatch: Int { max(params.offspring, 2 * SearchParams.gridStrengths.count + Self.maxProxies) }
 
-    private var lastFidelity: Int { params.fidelityLevels - 1 }
+    var lastFidelity: Int { params.fidelityLevels - 1 }
     private var remainingEvaluations: Int {
         params.maxEvaluations > 0 ? max(0, params.maxEvaluations - evaluations) : Int.max
     }
 
+    /// Adds a proxy cost table: its exact optimum joins generation 0, and the surrogate is shrunk
+    /// toward it. Only before the first `ask`.
+    /// - Parameter layerCosts: `layerCount x levels.count` finite costs, row-major.
+    /// - Throws: `MSPError.invalidState` after the first `ask` or beyond `maxProxies` tables;
+    ///   `MSPError.invalidArgument` for a wrong count or a non-finite cost; `MSPError.infeasible`
+    ///   when the exact solver misses the tolerance; `MSPError.outOfMemory`. Nothing changes then.
+    public func addProxy(layerCosts: [Double]) throws {
+        guard !state.started else {
+            throw MSPError.invalidState("proxy tables can only be added before the first ask")
+        }
+        guard proxies.count < Self.maxProxies else {
+            throw MSPError.invalidState("a search holds at most \(Self.maxProxies) proxy tables")
+        }
+        let levels = problem.levels.count
+        guard layerCosts.count == problem.layerCount * levels else {
+            throw MSPError.invalidArgument(
+                "costs has \(layerCosts.count) values, expected \(problem.layerCount) x \(levels)")
+        }
+        if let bad = layerCosts.firstIndex(where: { !$0.isFinite }) {
+            throw MSPError.invalidArgument("costs[\(bad / levels)][\(bad % levels)] (\(layerCosts[bad])) is not finite")
+        }
+        let unitCosts = AdditiveSolver.unitCosts(problem, layerCosts: layerCosts)
+        if let bad = unitCosts.firstIndex(where: { !$0.isFinite }) {
+            throw MSPError.invalidArgument("the costs of group \(bad / levels) at level \(bad % levels) overflow")
+        }
+        let plan = try AdditiveSolver.solve(problem, unitCosts: unitCosts).plan
+        proxies.append(unitCosts)
+        if state.proposed.insert(Self.key(plan)).inserted { state.priors.append(plan) }
+    }
+
     /// The next batch to score (the same batch again until it is told); empty when finished.
-    /// - Throws: `MSPError.outOfMemory` from a budget repair.
+    /// - Throws: `MSPError.outOfMemory` from an exact solve.
     public func ask() throws -> Batch {
-        if let pending { return pending }
-        if isDone { return Batch(plans: [], fidelity: lastFidelity) }
+        if let pending = state.pending { return pending }
+        if state.isDone { return Batch(plans: [], fidelity: lastFidelity) }
+        state.started = true
         let batch: Batch
-        if generation < 0 {
-            stagePlans = Array(priors.prefix(remainingEvaluations))
-            stage = lastFidelity
-            batch = Batch(plans: stagePlans, fidelity: stage)
-        } else if stage < lastFidelity || !stagePlans.isEmpty {
-            batch = Batch(plans: stagePlans, fidelity: stage)
+        if state.generation < 0 {
+            state.stagePlans = Array(state.priors.prefix(remainingEvaluations))
+            for plan in state.stagePlans { state.proposed.insert(Self.key(plan)) }
+            state.stage = lastFidelity
+            batch = Batch(plans: state.stagePlans, fidelity: state.stage)
+        } else if state.stage < lastFidelity || !state.stagePlans.isEmpty {
+            batch = Batch(plans: state.stagePlans, fidelity: state.stage)
         } else {
             let want = params.fidelityLevels > 1 ? params.offspring : min(params.offspring, remainingEvaluations)
-            stagePlans = try breed(want)
-            stage = 0
-            batch = Batch(plans: stagePlans, fidelity: params.fidelityLevels > 1 ? 0 : lastFidelity)
-            stage = batch.fidelity
+            let modelled = try surrogateCandidates(min(params.surrogateCandidates, want))
+            state.stagePlans = modelled + (try breed(want - modelled.count))
+            state.stage = params.fidelityLevels > 1 ? 0 : lastFidelity
+            batch = Batch(plans: state.stagePlans, fidelity: state.stage)
         }
         if batch.plans.isEmpty {
-            isDone = true
+            state.isDone = true
             return Batch(plans: [], fidelity: lastFidelity)
         }
-        pending = batch
+        state.pending = batch
         return batch
     }
 
     /// Drops the batch in progress (after a cancelled evaluation); the next `ask` breeds anew.
     public func cancelPending() {
-        for plan in pending?.plans ?? [] { proposed.remove(key(plan)) }
-        pending = nil
-        stagePlans = []
-        stage = lastFidelity
+        for plan in state.pending?.plans ?? [] { state.proposed.remove(Self.key(plan)) }
+        state.pending = nil
+        state.stagePlans = []
+        state.stage = lastFidelity
     }
 
     /// Records the fitness of the pending batch, in the order asked.
     /// - Throws: `MSPError.invalidState` when no batch is pending or the count differs;
     ///   `MSPError.invalidArgument` for a NaN or -inf value. Nothing changes then.
     public func tell(_ values: [Double]) throws {
-        guard let batch = pending else {
+        guard let batch = state.pending else {
             throw MSPError.invalidState("tell without a pending batch: call ask first")
         }
         guard values.count == batch.plans.count else {
@@ -117,40 +159,38 @@ public final class Search {
         if let i = values.firstIndex(where: { $0.isNaN || $0 == -.infinity }) {
             throw MSPError.invalidArgument("fitness[\(i)] (\(values[i])) must be a number or +inf")
         }
-        pending = nil
+        state.pending = nil
         if batch.fidelity < lastFidelity {
-            cheapEvaluations += values.count
+            state.cheapEvaluations += values.count
             let order = values.indices.sorted { values[$0] != values[$1] ? values[$0] < values[$1] : $0 < $1 }
             let keep = max(1, Int((params.fidelityKeep * Double(values.count)).rounded(.up)))
-            stagePlans = order.prefix(min(keep, remainingEvaluations)).map { batch.plans[$0] }
-            stage = batch.fidelity + 1
+            state.stagePlans = order.prefix(min(keep, remainingEvaluations)).map { batch.plans[$0] }
+            state.stage = batch.fidelity + 1
             return
         }
         let before = best?.fitness ?? .infinity
         for (plan, value) in zip(batch.plans, values) { record(plan, value) }
-        stagePlans = []
-        generation += 1
-        history.append(best?.fitness ?? .infinity)
-        sinceImprovement = (best?.fitness ?? .infinity) < before ? 0 : sinceImprovement + 1
-        if generation >= params.generations || remainingEvaluations == 0
-            || (params.patience > 0 && sinceImprovement >= params.patience)
+        state.stagePlans = []
+        state.generation += 1
+        state.history.append(best?.fitness ?? .infinity)
+        state.sinceImprovement = (best?.fitness ?? .infinity) < before ? 0 : state.sinceImprovement + 1
+        if state.generation >= params.generations || remainingEvaluations == 0
+            || (params.patience > 0 && state.sinceImprovement >= params.patience)
         {
-            isDone = true
+            state.isDone = true
         }
     }
 
     private func record(_ plan: [Int], _ value: Double) {
-        evaluations += 1
-        fitnessOf[key(plan)] = value
-        let at = population.firstIndex { value < $0.fitness } ?? population.count
-        population.insert((plan, value), at: at)
-        if population.count > params.survivors { population.removeLast() }
+        state.evaluated += Self.key(plan)
+        state.values.append(value)
+        let at = state.population.firstIndex { value < $0.fitness } ?? state.population.count
+        state.population.insert((plan, value), at: at)
+        if state.population.count > params.survivors { state.population.removeLast() }
     }
 
-    private func key(_ plan: [Int]) -> [UInt8] { plan.map { UInt8(truncatingIfNeeded: $0) } }
-
-    /// The fitness told for a per-unit plan at the last fidelity, if any.
-    public func fitness(of plan: [Int]) -> Double? { fitnessOf[key(plan)] }
+    /// A per-unit plan as bytes (levels are < 256).
+    static func key(_ plan: [Int]) -> [UInt8] { plan.map { UInt8(truncatingIfNeeded: $0) } }
 
     /// Distinct prior plans of generation 0.
     private func priorPlans() throws -> [[Int]] {
@@ -166,84 +206,40 @@ public final class Search {
             try chunk.map { try Prior.plan(problem, sensitivity: sensitivity, params: settings[$0]) }
         }
         var plans: [[Int]] = []
-        for plan in computed.joined() where proposed.insert(key(plan)).inserted { plans.append(plan) }
+        for plan in computed.joined() where state.proposed.insert(Self.key(plan)).inserted { plans.append(plan) }
         return plans
     }
 
-    /// Up to `count` feasible plans never proposed before.
-    private func breed(_ count: Int) throws -> [[Int]] {
-        guard !population.isEmpty else { return [] }
-        var children: [[Int]] = []
-        var attempts = 0
-        while children.count < count && attempts < 50 * max(count, 1) {
-            attempts += 1
-            var child = tournament()
-            if population.count > 1 && unit() < params.crossoverRate {
-                let other = tournament()
-                for u in child.indices where rng.next() & 1 == 1 { child[u] = other[u] }
+    /// Up to `count` plans never proposed before that minimise the surrogate fitted to every
+    /// full-fidelity evaluation: the model itself, then perturbations of it (twice as wide after
+    /// each draw that gives a plan proposed before), in at most 2 * count + 1 exact solves.
+    private func surrogateCandidates(_ count: Int) throws -> [[Int]] {
+        guard count > 0,
+            let model = Surrogate.fit(
+                problem: problem, plans: state.evaluated, values: state.values, proxies: proxies,
+                ridge: params.surrogateRidge)
+        else { return [] }
+        var plans: [[Int]] = []
+        var scale = params.surrogateExploration
+        for attempt in 0..<(2 * count + 1) where plans.count < count {
+            var table = model.table
+            if attempt > 0 {
+                guard scale > 0 else { break }
+                for i in table.indices where model.spread[i] > 0 { table[i] += scale * model.spread[i] * normal() }
+                guard table.allSatisfy(\.isFinite) else { continue }
             }
-            let moved = mutate(&child)
-            child = try repair(child, keeping: moved)
-            if proposed.insert(key(child)).inserted { children.append(child) }
-        }
-        return children
-    }
-
-    /// A uniform random number in [0, 1).
-    private func unit() -> Double { Double(rng.next() >> 11) * 0x1.0p-53 }
-
-    private func random(_ n: Int) -> Int { Int(rng.next() % UInt64(n)) }
-
-    /// The better of two random members of the population.
-    private func tournament() -> [Int] {
-        let a = random(population.count), b = random(population.count)
-        return population[min(a, b)].plan
-    }
-
-    /// Moves one random movable unit a level up or down, then each further one at `mutationRate`,
-    /// at most once per movable unit.
-    /// - Returns: the units moved.
-    private func mutate(_ plan: inout [Int]) -> Set<Int> {
-        let movable = (0..<plan.count).filter { problem.unitBounds[$0].count > 1 }
-        var moved: Set<Int> = []
-        while moved.count < movable.count && (moved.isEmpty || unit() < params.mutationRate) {
-            let u = movable[random(movable.count)]
-            let bounds = problem.unitBounds[u]
-            let up = rng.next() & 1 == 1
-            plan[u] += (up && plan[u] < bounds.upperBound) || plan[u] == bounds.lowerBound ? 1 : -1
-            moved.insert(u)
-        }
-        return moved
-    }
-
-    /// Brings a plan back within the budget by moving other units against the excess: each step
-    /// picks, of three random movable units, the one that lands closest to the target.
-    private func repair(_ plan: [Int], keeping moved: Set<Int>) throws -> [Int] {
-        var plan = plan
-        let units = plan.count
-        for _ in 0..<(4 * units) {
-            let average = problem.average(plan)
-            if problem.meetsBudget(average) { return plan }
-            let direction = average > problem.target ? -1 : 1
-            var choice = -1
-            var closest = Double.infinity
-            for _ in 0..<3 {
-                let u = random(units)
-                guard !moved.contains(u) || moved.count == units,
-                    problem.unitBounds[u].contains(plan[u] + direction)
-                else { continue }
-                let change =
-                    Double(problem.unitSizes[u])
-                    * (problem.levels.sparsity(plan[u] + direction) - problem.levels.sparsity(plan[u]))
-                    / Double(problem.totalSize)
-                let distance = abs(average + change - problem.target)
-                if distance < closest {
-                    closest = distance
-                    choice = u
-                }
+            let plan: [Int]
+            do {
+                plan = try AdditiveSolver.solve(problem, unitCosts: table).plan
+            } catch MSPError.infeasible {
+                continue  // the budget grid's rare miss: breeding fills the batch
             }
-            if choice >= 0 { plan[choice] += direction }
+            if state.proposed.insert(Self.key(plan)).inserted {
+                plans.append(plan)
+            } else if attempt > 0 {
+                scale *= 2  // a draw that repeats a plan: the model is too sure here, explore wider
+            }
         }
-        return problem.isFeasible(plan) ? plan : try AdditiveSolver.nearestFeasible(problem, to: plan)
+        return plans
     }
 }

@@ -28,6 +28,19 @@ public struct SearchParams: Sendable, Equatable {
     public var fidelityLevels = 1
     /// Fraction of a batch promoted to the next fidelity, in (0, 1].
     public var fidelityKeep = 0.25
+    /// Offspring per generation proposed by the surrogate (the exact optimum of an additive model
+    /// fitted to every full-fidelity evaluation), in [0, MSP_MAX_OFFSPRING]; at most `offspring` are used;
+    /// 0 = off.
+    public var surrogateCandidates = 2
+    /// Ridge strength of the surrogate: how many evaluations' weight pulls each (unit, level)
+    /// correction toward the proxy tables (toward 0 without them); finite, > 0.
+    public var surrogateRidge = 0.3
+    /// Scale of the random perturbation of the surrogate for its second and later candidates of a
+    /// generation (0 = the unperturbed model only); finite, >= 0.
+    public var surrogateExploration = 1.0
+    /// Chance that a mutation move of one unit is paired with the opposite move of the unit that
+    /// best restores the budget, in [0, 1].
+    public var pairRate = 0.3
 
     /// The defaults.
     public init() {}
@@ -57,5 +70,14 @@ public struct SearchParams: Sendable, Equatable {
             fidelityLevels >= 1 && fidelityLevels <= MSP_MAX_FIDELITY_LEVELS,
             "fidelity_levels (\(fidelityLevels)) must be in [1, \(MSP_MAX_FIDELITY_LEVELS)]")
         try check(fidelityKeep > 0 && fidelityKeep <= 1, "fidelity_keep (\(fidelityKeep)) must be in (0, 1]")
+        try check(
+            surrogateCandidates >= 0 && surrogateCandidates <= MSP_MAX_OFFSPRING,
+            "surrogate_candidates (\(surrogateCandidates)) must be in [0, \(MSP_MAX_OFFSPRING)]")
+        try check(
+            surrogateRidge.isFinite && surrogateRidge > 0, "surrogate_ridge (\(surrogateRidge)) must be finite and > 0")
+        try check(
+            surrogateExploration.isFinite && surrogateExploration >= 0,
+            "surrogate_exploration (\(surrogateExploration)) must be finite and >= 0")
+        try check((0...1).contains(pairRate), "pair_rate (\(pairRate)) must be in [0, 1]")
     }
 }

@@ -2,8 +2,10 @@
 
 /// Sebastiano Vigna's SplitMix64: a small, fast, seedable generator. The same seed gives the same
 /// sequence on every platform, so plans are reproducible.
-public struct SplitMix64: RandomNumberGenerator, Sendable {
-    private var state: UInt64
+public struct SplitMix64: RandomNumberGenerator, Sendable, Equatable {
+    /// The internal state: a generator created with `SplitMix64(seed: state)` continues the same
+    /// sequence (a checkpoint stores it).
+    public private(set) var state: UInt64
 
     /// A generator whose sequence is fixed by `seed`.
     public init(seed: UInt64) { state = seed }

@@ -1,5 +1,6 @@
 /*
- * fuzz_search: msp_search_* (create, max_batch, ask, tell, best, get_progress, run, free).
+ * fuzz_search: msp_search_* (create, max_batch, ask, tell, best, get_progress, run, free; the checkpoint
+ * functions have their own target, fuzz_checkpoint).
  *
  * A small valid problem (sizes, level set, groups, bounds, target from the fuzzer) and fuzzer-chosen
  * search parameters (sometimes out of range, or with a wrong struct_size), then a fuzzer-chosen call
@@ -145,13 +146,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         params.patience = (int32_t)fz_range(&in, 0, 3);
         params.fidelity_levels = (int32_t)fz_range(&in, 1, 3);
         params.fidelity_keep = (1 + fz_u8(&in)) / 256.0;
+        params.surrogate_candidates = (int32_t)fz_range(&in, 0, 4);
+        params.surrogate_ridge = (1 + fz_u8(&in)) / 32.0;
+        params.surrogate_exploration = fz_u8(&in) / 64.0;
+        params.pair_rate = fz_u8(&in) / 255.0;
     } else {
         params.generations = 3;
     }
     int invalid_params = 0;
     if (pmode == 7) {
         /* one field out of range, or anything */
-        switch (fz_u8(&in) % 12) {
+        switch (fz_u8(&in) % 16) {
         case 0: params.generations = -(int32_t)fz_u8(&in); break;
         case 1: params.offspring = (int32_t)fz_u32(&in); invalid_params = params.offspring <= 0 || params.offspring > MSP_MAX_OFFSPRING; break;
         case 2: params.survivors = -(int32_t)fz_u8(&in); break;
@@ -163,6 +168,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         case 8: params.fidelity_levels = (int32_t)fz_u32(&in); invalid_params = params.fidelity_levels < 1 || params.fidelity_levels > MSP_MAX_FIDELITY_LEVELS; break;
         case 9: params.fidelity_keep = fz_double(&in); invalid_params = !(params.fidelity_keep > 0 && params.fidelity_keep <= 1); break;
         case 10: params.struct_size = fz_u32(&in); invalid_params = params.struct_size != sizeof params; break;
+        case 11: params.surrogate_candidates = (int32_t)fz_u32(&in); invalid_params = params.surrogate_candidates < 0 || params.surrogate_candidates > 1 << 20; break;
+        case 12: params.surrogate_ridge = fz_double(&in); invalid_params = !(isfinite(params.surrogate_ridge) && params.surrogate_ridge > 0); break;
+        case 13: params.surrogate_exploration = fz_double(&in); invalid_params = !(isfinite(params.surrogate_exploration) && params.surrogate_exploration >= 0); break;
+        case 14: params.pair_rate = fz_double(&in); invalid_params = !(params.pair_rate >= 0 && params.pair_rate <= 1); break;
         default: params.generations = 0; break;
         }
         if (!invalid_params && (params.generations <= 0 || params.survivors <= 0 || params.patience < 0)) invalid_params = 1;

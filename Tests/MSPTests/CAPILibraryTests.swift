@@ -103,6 +103,7 @@ struct CAPILibraryTests {
         #expect(limits.max_levels == Int64(MSP_MAX_LEVELS))
         #expect(limits.max_layers == Int64(MSP_MAX_LAYERS))
         #expect(limits.max_offspring == Int64(MSP_MAX_OFFSPRING))
+        #expect(limits.max_proxies == Int64(MSP_MAX_PROXIES))
         #expect(limits.max_survivors == Int64(MSP_MAX_SURVIVORS))
         #expect(limits.max_fidelity_levels == Int64(MSP_MAX_FIDELITY_LEVELS))
         #expect(limits.max_topk_cols == Int64(MSP_MAX_TOPK_COLS))

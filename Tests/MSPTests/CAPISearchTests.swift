@@ -131,7 +131,7 @@ struct CAPISearchTests {
         #expect(best == [Int32](repeating: -7, count: 6) && bestFitness == -7)
         let start = s.progress
         #expect(start.generation == -1 && start.done == 0 && start.evaluations == 0 && start.best_fitness == .infinity)
-        #expect(msp_search_max_batch(s.search) == 8)  // max(offspring, the 8 priors of the grid)
+        #expect(msp_search_max_batch(s.search) == 8 + Int64(MSP_MAX_PROXIES))  // max(offspring, generation 0)
         // Asking again before telling gives the same batch.
         let first = s.ask()
         #expect(s.ask().plans == first.plans)
@@ -370,12 +370,14 @@ struct CAPISearchTests {
         // tell: bad values or counts change nothing; the batch is still pending afterwards.
         var values = batch.map { $0.withUnsafeBufferPointer(cost) }
         values[1] = .nan
+        let maxBatch = msp_search_max_batch(s.search)
         let tells: [(msp_status, String, () -> msp_status)] = [
             (MSP_ERR_INVALID_ARGUMENT, "fitness[1] (nan) must be a number or +inf",
              { msp_search_tell(s.search, values, Int64(values.count)) }),
             (MSP_ERR_INVALID_STATE, "tell got 2 values for a batch of \(batch.count)", { msp_search_tell(s.search, values, 2) }),
             (MSP_ERR_INVALID_STATE, "tell got -1 values", { msp_search_tell(s.search, values, -1) }),
-            (MSP_ERR_INVALID_STATE, "tell got 9 values; batches hold at most 8", { msp_search_tell(s.search, values, 9) }),
+            (MSP_ERR_INVALID_STATE, "tell got \(maxBatch + 1) values; batches hold at most \(maxBatch)",
+             { msp_search_tell(s.search, values, maxBatch + 1) }),
             (MSP_ERR_INVALID_ARGUMENT, "fitness is NULL", { msp_search_tell(s.search, nil, Int64(batch.count)) }),
             (MSP_ERR_INVALID_ARGUMENT, "search is NULL", { msp_search_tell(nil, values, Int64(batch.count)) }),
         ]

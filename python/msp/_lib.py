@@ -65,6 +65,7 @@ class msp_limits(Structure):
         ("solve_max_steps", c_int64),
         ("max_tolerance", c_double),
         ("level_sparsity_tolerance", c_double),
+        ("max_proxies", c_int64),
     ]
 
 
@@ -98,6 +99,10 @@ class msp_search_params(Structure):
         ("patience", c_int32),
         ("fidelity_levels", c_int32),
         ("fidelity_keep", c_double),
+        ("surrogate_candidates", c_int32),
+        ("surrogate_ridge", c_double),
+        ("surrogate_exploration", c_double),
+        ("pair_rate", c_double),
     ]
 
 
@@ -207,6 +212,8 @@ _DECLARATIONS = [
     ("msp_search_create", _STATUS, (c_void_p, c_void_p, POINTER(msp_search_params), _p_handle)),
     # void msp_search_free(msp_search *search);
     ("msp_search_free", None, (c_void_p,)),
+    # msp_status msp_search_add_proxy(msp_search *search, const double *costs);
+    ("msp_search_add_proxy", _STATUS, (c_void_p, c_void_p)),
     # int64_t msp_search_max_batch(const msp_search *search);
     ("msp_search_max_batch", c_int64, (c_void_p,)),
     # msp_status msp_search_ask(msp_search *search, int32_t *plans_out, int64_t capacity, int64_t *count_out, int32_t *fidelity_out);
@@ -219,6 +226,12 @@ _DECLARATIONS = [
     ("msp_search_get_progress", _STATUS, (c_void_p, POINTER(msp_search_progress))),
     # msp_status msp_search_run(msp_search *search, msp_fitness_fn fitness, msp_progress_fn progress, void *user_data);
     ("msp_search_run", _STATUS, (c_void_p, msp_fitness_fn, msp_progress_fn, c_void_p)),
+    # msp_status msp_search_save_size(const msp_search *search, int64_t *size_out);
+    ("msp_search_save_size", _STATUS, (c_void_p, _p_int64)),
+    # msp_status msp_search_save(const msp_search *search, void *buffer, int64_t capacity, int64_t *size_out);
+    ("msp_search_save", _STATUS, (c_void_p, c_void_p, c_int64, _p_int64)),
+    # msp_status msp_search_load(const void *data, int64_t size, msp_search **out);
+    ("msp_search_load", _STATUS, (c_void_p, c_int64, _p_handle)),
     # msp_status msp_cost_table_energy(const void *weights, msp_dtype dtype, int64_t rows, int64_t cols, const msp_level *levels, int64_t num_levels, int32_t scope, const float *col_scale, const float *diag, double scale, double *costs_out);
     ("msp_cost_table_energy", _STATUS, (c_void_p, c_int32, c_int64, c_int64, _p_level, c_int64, c_int32, c_void_p, c_void_p, c_double, c_void_p)),
     # msp_status msp_cost_table_reconstruction(const void *weights, msp_dtype dtype, int64_t rows, int64_t cols, const msp_level *levels, int64_t num_levels, int32_t scope, const float *col_scale, const float *gram, double *costs_out);

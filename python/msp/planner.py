@@ -45,6 +45,7 @@ def plan(
     settings: SearchSettings | None = None,
     progress: bool = True,
     names: Iterable[str] | None = None,
+    proxy_costs: Any = None,
     **overrides: Any,
 ) -> Plan:
     """Choose one level per layer so that the parameter-weighted average sparsity is within
@@ -80,6 +81,10 @@ def plan(
             None: the plan carries them (:attr:`msp.Plan.names`), so ``plan.to_dict()``,
             ``plan.summary()`` and a saved plan need no separate list. Candidate plans handed to
             ``fitness`` carry them too.
+        proxy_costs: "search" only: None, one ``[num_layers, num_levels]`` table of additive costs
+            that should track the fitness (e.g. ``msp.cost_table`` of every layer), or a sequence
+            of them (at most 8): each table's exact optimum joins the first generation, and the
+            search's surrogate leans on the tables where its evaluations say little.
         **overrides: fields of :class:`msp.SearchSettings` (``generations=10``, ``seed=3``,
             ``prior_strength=2.0``, ...) replacing those of ``settings``.
 
@@ -105,7 +110,7 @@ def plan(
         if fitness is None and cost_table is None:
             raise ValueError("method='search' needs a fitness function (or a cost_table for an additive fitness)")
         with Search(sizes, target, levels, sensitivity, groups, min_level, max_level, tolerance,
-                    settings=settings, names=names) as search:
+                    settings=settings, names=names, proxy_costs=proxy_costs) as search:
             if fitness is not None:
                 return search.run(fitness, progress=progress)
             return search.run_additive(cost_table, progress=progress)

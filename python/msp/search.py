@@ -20,24 +20,37 @@ fidelity level (0 = cheapest) of a multi-fidelity search. An exception raised in
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import math
 import numbers
+import os
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import _arrays
+from . import _arrays, _checkpoint
 from ._fitness import call_fitness, checked_fitness, takes_fidelity
 from ._handle import NativeHandle
 from ._lib import lib, msp_fitness_fn, msp_progress_fn, msp_search_progress
 from ._progress import Progress
-from .errors import InvalidStateError, MSPCancelled
+from .errors import InvalidArgumentError, InvalidStateError, MSPCancelled
 from .levels import Level
 from .plans import LevelTable, Plan, layer_names
 from .problem import Problem, additive_costs, sensitivity_array
 from .search_settings import SearchSettings
 
 __all__ = ["Search"]
+
+
+def _proxy_tables(proxy_costs: Any, num_layers: int, num_levels: int) -> np.ndarray:
+    """The proxy cost tables as a ``[count, num_layers, num_levels]`` float64 array: None gives
+    none; one table; a sequence of tables or a 3-D array."""
+    if proxy_costs is None:
+        return np.zeros((0, num_layers, num_levels))
+    torch = _arrays.torch_of(proxy_costs)
+    if (proxy_costs.dim() if torch is not None else np.ndim(proxy_costs)) == 3:
+        return _arrays.float_array(proxy_costs, (None, num_layers, num_levels), "proxy_costs")
+    return _arrays.float_array(proxy_costs, (num_layers, num_levels), "proxy_costs")[None]
 
 
 class Search(NativeHandle):
@@ -85,41 +98,128 @@ class Search(NativeHandle):
 
     _free = staticmethod(lib.msp_search_free)
     _name = "the search"
+    _running = False
 
     def __init__(self, sizes: Iterable[int], target: float, levels: Sequence[Any] | None = None,
                  sensitivity: Any = None, groups: Sequence[Any] | None = None, min_level: Any = None,
                  max_level: Any = None, tolerance: float = 0.001, *, settings: SearchSettings | None = None,
-                 names: Iterable[str] | None = None, **overrides: Any) -> None:
+                 names: Iterable[str] | None = None, proxy_costs: Any = None, **overrides: Any) -> None:
         super().__init__()
+        settings = SearchSettings.of(settings, overrides)
+        params = settings.to_native()
+        with Problem(
+            sizes, target, levels, groups=groups, min_level=min_level, max_level=max_level, tolerance=tolerance
+        ) as problem:
+            checked_names = None if names is None else layer_names(names, problem.num_layers)
+            values = sensitivity_array(sensitivity, problem.num_layers)
+            tables = _proxy_tables(proxy_costs, problem.num_layers, len(problem.level_set))
+            handle = ctypes.c_void_p()
+            lib.msp_search_create(problem._ptr(), values.ctypes.data, ctypes.byref(params), ctypes.byref(handle))
+        self._handle = handle.value
+        try:
+            for table in tables:
+                lib.msp_search_add_proxy(self._handle, table.ctypes.data)
+        except BaseException:
+            self.close()
+            raise
+        self._adopt(problem.sizes, problem.level_set, problem.target, settings,
+                    {**problem.settings(), **settings.to_json()}, checked_names)
+
+    def _adopt(self, sizes: list[int], level_set: list[Level], target: float, settings: SearchSettings,
+               params: dict, names: list[str] | None, history: Sequence[float] = (), generation: int = -1,
+               fidelity: int = 0, finished: bool = False) -> None:
+        """Set up the Python side of the native search in ``self._handle``."""
         self._running = False
         self._error: BaseException | None = None
         self._nan = False
         self._callbacks: tuple | None = None
         self._evaluate: Callable[[np.ndarray, int], float] | None = None
         self._bar: Progress | None = None
-        self._history: list[float] = []
-        self._generation = -1
-        self._finished = False  # the last ask returned no candidates
-        self.fidelity = 0
-        self._settings = SearchSettings.of(settings, overrides)
-        params = self._settings.to_native()
-        with Problem(
-            sizes, target, levels, groups=groups, min_level=min_level, max_level=max_level, tolerance=tolerance
-        ) as problem:
-            checked_names = None if names is None else layer_names(names, problem.num_layers)
-            values = sensitivity_array(sensitivity, problem.num_layers)
-            handle = ctypes.c_void_p()
-            lib.msp_search_create(problem._ptr(), values.ctypes.data, ctypes.byref(params), ctypes.byref(handle))
-        self._handle = handle.value
-        self._sizes = problem.sizes
-        self._level_set = problem.level_set
-        self._target = problem.target
-        self._params = {**problem.settings(), **self._settings.to_json()}
+        self._history = list(history)
+        self._generation = generation
+        self._finished = finished  # the last ask returned no candidates
+        self.fidelity = fidelity
+        self._settings = settings
+        self._sizes = list(sizes)
+        self._level_set = list(level_set)
+        self._target = target
+        self._params = params
         self._num_layers = len(self._sizes)
         self._table = LevelTable(self._level_set, self._sizes)
-        self._names = checked_names
+        self._names = names
         self._max_batch = int(lib.msp_search_max_batch(self._handle))
         self._buffer = np.zeros(max(1, self._max_batch) * self._num_layers, dtype=np.int32)
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the whole search to ``path``, replaced atomically (after a crash the file is the
+        old one or the new one). :meth:`load` gives a search that continues exactly as this one
+        would: the same candidates, given the same values told. Save between any two calls, with
+        or without a batch pending (asked again after loading), also from inside :meth:`run`'s
+        fitness function. The file holds about (plans proposed + plans evaluated) x layers bytes;
+        its format is described in ``msp/_checkpoint.py``.
+
+        Raises:
+            OSError: the file cannot be written.
+            msp.InvalidStateError: the search is closed.
+        """
+        with self._lock:
+            handle = NativeHandle._ptr(self)  # reading only: allowed inside run() too
+            size = ctypes.c_int64()
+            lib.msp_search_save_size(handle, ctypes.byref(size))
+            native = ctypes.create_string_buffer(size.value)
+            lib.msp_search_save(handle, native, size.value, ctypes.byref(size))
+            meta = {
+                "sizes": self._sizes, "levels": [level.to_json() for level in self._level_set],
+                "target": self._target, "settings": dataclasses.asdict(self._settings), "params": self._params,
+                "names": self._names, "history": [_checkpoint.encode_float(v) for v in self._history],
+                "generation": self._generation, "fidelity": self.fidelity, "finished": self._finished,
+            }
+            data = _checkpoint.pack(meta, native.raw[: size.value])
+        _checkpoint.write_atomically(path, data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Search":
+        """The search :meth:`save` wrote to ``path``, ready to go on (``ask``, ``tell``, ``run``,
+        ``best``). Everything read is checked: the file's SHA-256 and fields, then the library
+        checks the native state field by field.
+
+        Raises:
+            OSError: the file cannot be read.
+            msp.InvalidArgumentError: not a search file, or a truncated, corrupted or foreign one
+                (the message says what is wrong).
+        """
+        name = os.fspath(path)
+        with open(name, "rb") as file:
+            meta, native = _checkpoint.unpack(file.read(), name)
+        try:
+            field = _checkpoint.Fields(meta, name)
+            table = LevelTable([Level.from_json(v) for v in field("levels", list)], field("sizes", list))
+            settings = SearchSettings(**field("settings", dict))
+            names = field("names", (list, type(None)))
+            names = None if names is None else layer_names(names, len(table.sizes))
+            history = [_checkpoint.decode_float(v, name, "history") for v in field("history", list)]
+            state = dict(generation=field("generation", int), fidelity=field("fidelity", int),
+                         finished=field("finished", bool))
+            target, params = float(field("target", (int, float))), field("params", dict)
+        except InvalidArgumentError:
+            raise
+        except (TypeError, ValueError, KeyError) as error:
+            raise InvalidArgumentError(f"{name} is not a valid msp search file: {error}") from None
+        search = cls.__new__(cls)
+        NativeHandle.__init__(search)
+        handle = ctypes.c_void_p()
+        lib.msp_search_load(ctypes.create_string_buffer(native, len(native)), len(native), ctypes.byref(handle))
+        search._handle = handle.value
+        search._adopt(table.sizes, table.level_set, target, settings, params, names, history, **state)
+        native_generation = search._progress(search._handle).generation
+        if native_generation != state["generation"] or len(history) != state["generation"] + 1:
+            search.close()
+            raise InvalidArgumentError(
+                f"{name} is not a valid msp search file: its JSON (generation {state['generation']}, "
+                f"{len(history)} history values) does not describe its native state (generation {native_generation})")
+        return search
 
     # --- handle ownership -------------------------------------------------------------------------
 

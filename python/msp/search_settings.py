@@ -42,6 +42,10 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "patience": (c_integer, "patience"),
     "fidelity_levels": (c_integer, "fidelity_levels"),
     "fidelity_keep": (real, "fidelity_keep"),
+    "surrogate_candidates": (c_integer, "surrogate_candidates"),
+    "surrogate_ridge": (real, "surrogate_ridge"),
+    "surrogate_exploration": (real, "surrogate_exploration"),
+    "pair_rate": (real, "pair_rate"),
 }
 
 
@@ -65,6 +69,16 @@ class SearchSettings:
         fidelity_levels: >= 1 (default 1: single fidelity); a fitness with a ``fidelity``
             parameter is told the level of each evaluation (0 = cheapest).
         fidelity_keep: fraction promoted to the next fidelity, in (0, 1] (default 0.25).
+        surrogate_candidates: offspring per generation proposed by the surrogate, the exact
+            optimum of an additive model fitted to every full-fidelity evaluation (and shrunk
+            toward the proxy tables given to the search), in [0, MSP_MAX_OFFSPRING]; at most
+            ``offspring`` are used; 0 = off (default 2).
+        surrogate_ridge: how many evaluations' weight pulls each (layer, level) correction of the
+            surrogate toward the proxies (toward 0 without them); finite, > 0 (default 0.3).
+        surrogate_exploration: scale of the random perturbation of the surrogate for its second
+            and later candidates of a generation; finite, >= 0 (default 1).
+        pair_rate: chance that a mutation move is paired with the opposite move of the layer (or
+            group) that best cancels its change of the average sparsity, in [0, 1] (default 0.3).
 
     Raises:
         TypeError: a field of the wrong type (bools are not integers; flags must be bools).
@@ -84,6 +98,10 @@ class SearchSettings:
     patience: int = _DEFAULTS.patience
     fidelity_levels: int = _DEFAULTS.fidelity_levels
     fidelity_keep: float = _DEFAULTS.fidelity_keep
+    surrogate_candidates: int = _DEFAULTS.surrogate_candidates
+    surrogate_ridge: float = _DEFAULTS.surrogate_ridge
+    surrogate_exploration: float = _DEFAULTS.surrogate_exploration
+    pair_rate: float = _DEFAULTS.pair_rate
 
     def __post_init__(self) -> None:
         for name, (convert, _) in _FIELDS.items():

@@ -40,7 +40,7 @@ def test_every_limit_macro_is_what_the_library_reports():
     assert (LIMITS.max_m, LIMITS.max_levels, LIMITS.max_layers) == (32, 256, 2**31 - 1)
     assert (LIMITS.max_offspring, LIMITS.max_survivors, LIMITS.max_fidelity_levels) == (2**20, 2**20, 16)
     assert (LIMITS.max_topk_cols, LIMITS.solve_max_cells, LIMITS.solve_max_steps) == (2**32 - 1, 2**21, 2**27)
-    assert (LIMITS.max_tolerance, LIMITS.level_sparsity_tolerance) == (0.5, 1e-12)
+    assert (LIMITS.max_tolerance, LIMITS.level_sparsity_tolerance, LIMITS.max_proxies) == (0.5, 1e-12, 8)
 
 
 def test_limits_struct_size_is_checked():

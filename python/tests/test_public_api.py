@@ -327,6 +327,15 @@ def _readme_search(block, capsys):
     assert run.levels == best.levels and run.evaluations == best.evaluations
 
 
+def _readme_checkpoint(block, capsys):
+    namespace, _ = _run_readme_block(block, {}, capsys)
+    search, resumed = namespace["search"], namespace["resumed"]
+    assert resumed.best == search.best and resumed.done and resumed.history == search.history
+    # The proxy table's own optimum was evaluated: the best is at least as good.
+    exact = plan(namespace["sizes"], 0.75, nm_levels(8), method="exact", cost_table=namespace["energy"])
+    assert search.best.fitness <= namespace["my_loss"](exact)
+
+
 def _readme_packed(block, capsys):
     generator = torch.Generator().manual_seed(6)
     layer = torch.nn.Linear(256, 64).to(torch.bfloat16)
@@ -341,6 +350,8 @@ def _readme_packed(block, capsys):
     assert torch.allclose(y.double(), exact, rtol=2**-8, atol=1e-6 * float(exact.abs().max()))
     assert torch.equal(msp.nm_linear(x, namespace["stored"]).view(torch.int16), y.view(torch.int16))
     assert printed.strip() == f"{64 * 64 * 2 + 64 * 32} bytes instead of {64 * 256 * 2}"
+
+
 def _readme_compressed_model(block, capsys):
     from msp.torch import PackedLinear
     from torch_models import BlockLM
@@ -387,6 +398,7 @@ README_RUNNERS = {  # a line only that block has -> the test that runs it
     'dense_copies="host"': _readme_gpu,
     "model = nn.Sequential(": _readme_any_module,
     "while candidates := search.ask():": _readme_search,
+    'resumed = msp.Search.load("search.msps")': _readme_checkpoint,
     "stored = msp.PackedNM(": _readme_packed,
     "acc = msp.GramAccumulator([64])": _readme_sparsegpt,
     "loaded = load_compressed(make_model,": _readme_compressed_model,

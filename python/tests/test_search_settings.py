@@ -12,7 +12,8 @@ from msp._lib import lib
 from planning_reference import additive
 
 FIELDS = ["generations", "offspring", "survivors", "mutation_rate", "crossover_rate", "seed", "prior_strength",
-          "per_parameter", "prior_grid", "max_evaluations", "patience", "fidelity_levels", "fidelity_keep"]
+          "per_parameter", "prior_grid", "max_evaluations", "patience", "fidelity_levels", "fidelity_keep",
+          "surrogate_candidates", "surrogate_ridge", "surrogate_exploration", "pair_rate"]
 # The field of msp_search_params each setting fills (msp.h).
 NATIVE = {name: name for name in FIELDS} | {"per_parameter": "prior_per_parameter"}
 
@@ -26,7 +27,8 @@ def test_the_fields_are_those_of_msp_search_params():
 def test_the_defaults_are_the_documented_ones_and_the_librarys():
     documented = dict(generations=20, offspring=8, survivors=4, mutation_rate=0.5, crossover_rate=0.5, seed=0,
                       prior_strength=1.0, per_parameter=False, prior_grid=True, max_evaluations=0, patience=0,
-                      fidelity_levels=1, fidelity_keep=0.25)
+                      fidelity_levels=1, fidelity_keep=0.25, surrogate_candidates=2, surrogate_ridge=0.3,
+                      surrogate_exploration=1.0, pair_rate=0.3)
     assert dataclasses.asdict(SearchSettings()) == documented
     native = lib.msp_search_params_default()
     assert {name: getattr(native, NATIVE[name]) for name in FIELDS} == {
@@ -36,7 +38,8 @@ def test_the_defaults_are_the_documented_ones_and_the_librarys():
 def test_to_native_fills_every_field():
     settings = SearchSettings(generations=3, offspring=5, survivors=2, mutation_rate=0.25, crossover_rate=0.75,
                               seed=2**64 - 1, prior_strength=2.5, per_parameter=True, prior_grid=False,
-                              max_evaluations=2**40, patience=7, fidelity_levels=2, fidelity_keep=0.5)
+                              max_evaluations=2**40, patience=7, fidelity_levels=2, fidelity_keep=0.5,
+                              surrogate_candidates=3, surrogate_ridge=0.25, surrogate_exploration=2.0, pair_rate=0.5)
     native = settings.to_native()
     assert native.struct_size == lib.msp_search_params_default().struct_size
     for name in FIELDS:
