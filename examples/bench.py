@@ -21,7 +21,9 @@ Run by `make bench` (never by `make test`). Sections:
 - planner: the exact solver and the search's own bookkeeping at 224 layers x 16 levels, the library's
   time (ask/tell through ctypes with a precomputed additive fitness) separated from Python's.
 - model (full run only, when the demo's SmolLM2-135M cache exists): msp.torch.Pruner.apply of a
-  search's candidate plans vs one fitness evaluation (KL to dense), in ms.
+  search's candidate plans vs one fitness evaluation (KL to dense), in ms; and greedy decoding
+  tokens/s, prefill and linear-weight bytes of the dense model against the compressed 75% N:8-mixed
+  one (examples/bench_decode.py).
 
     python examples/bench.py                 # full table (about 10 minutes on 2 cores)
     python examples/bench.py --quick         # the headline cases (about a minute)
@@ -53,6 +55,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import msp  # noqa: E402
+import bench_decode  # noqa: E402
 from bench_packed import packed_section  # noqa: E402
 from msp._lib import lib  # noqa: E402
 
@@ -661,11 +664,15 @@ def main() -> None:
     print()
     planner = planner_speed(5)
     print_planner(planner)
-    model = None
+    model = decode = None
     if args.model == "yes" or (args.model == "auto" and not args.quick):
         model = model_section(3)
+        decode = bench_decode.run()
+        if decode is not None:
+            print("\n".join(bench_decode.report(decode)))
         if model is None:
-            print("model: SmolLM2-135M cache not found (run `make demo` once); Pruner.apply section skipped")
+            print("model: SmolLM2-135M cache not found (run `make demo` once); Pruner.apply and decoding sections "
+                  "skipped")
         else:
             print(f"model {model['model']} ({model['layers']} layers, torch {model['torch_threads']} threads): "
                   f"Pruner.apply of a search candidate median {model['apply_median_ms']:.1f} ms over "
@@ -677,7 +684,7 @@ def main() -> None:
     print("[rows, cols/m, m], scatter, multiply; wanda loop = Wanda's per-group topk loop; torch sort (wanda) =")
     print("Wanda's per-row stable sort; kthvalue = a threshold (not tie-exact); numpy = argsort per group /")
     print("argpartition per row. Peers that take seconds run on 768x768 and 4096x4096 and on bf16 elsewhere.")
-    checks = headline(results, planner, model)
+    checks = headline(results, planner, model) + (bench_decode.headline(decode) if decode else [])
     for line in checks:
         print(line)
     machine["load_average_end"] = _load()
@@ -686,7 +693,7 @@ def main() -> None:
 
     if args.json:
         report = {"machine": machine, "bandwidth": bandwidth, "results": results, "planner": planner,
-                  "model": model, "checks": checks, "sparsegpt": sparsegpt}
+                  "model": model, "decode": decode, "checks": checks, "sparsegpt": sparsegpt}
         text = json.dumps(report, indent=1)
         if args.json == "-":
             print(text)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what msp needs to build and test, only where it is missing: OpenBLAS (Debian), and
-# numpy, pytest, hypothesis and the CPU build of torch (PyPI).
+# numpy, pytest, hypothesis, safetensors and the CPU build of torch (PyPI).
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 
@@ -11,7 +11,7 @@ if ! pkg-config --exists openblas 2>/dev/null; then
 fi
 
 missing=()
-for module in numpy pytest hypothesis; do
+for module in numpy pytest hypothesis safetensors; do
     $PYTHON -c "import $module" 2>/dev/null || missing+=("$module")
 done
 [ ${#missing[@]} -eq 0 ] || $PYTHON -m pip install -q "${missing[@]}"

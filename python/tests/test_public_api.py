@@ -144,13 +144,14 @@ def test_every_name_of_msp_all_works(name):
 
 
 @needs_torch
-def test_every_name_of_msp_torch_all_works():
+def test_every_name_of_msp_torch_all_works(tmp_path):
     import msp.torch as mt
     from torch_models import BLOCK_VOCAB, BlockLM, block_batches
 
     assert sorted(mt.__all__) == sorted([
         "linear_layers", "block_groups", "fisher_traces", "causal_lm_loss", "activation_norms", "Pruner",
-        "apply_plan", "prune", "perplexity", "kl_to_dense", "reference_logits", "TopK"])
+        "apply_plan", "prune", "perplexity", "kl_to_dense", "reference_logits", "TopK", "compress",
+        "PackedLinear", "save_compressed", "load_compressed"])
     model, data = BlockLM(seed=2), block_batches(2)
     layers = mt.linear_layers(model)
     assert list(layers) == [f"layers.{b}.{n}" for b in range(2) for n in ("up", "down", "mix")]
@@ -170,6 +171,14 @@ def test_every_name_of_msp_torch_all_works():
     pruner.restore()
     masks = mt.apply_plan(layers, ["4:8"] * 6, pruner="magnitude", return_masks=True)
     assert all(float(mask.float().mean()) == 0.5 for mask in masks.values())
+    with torch.no_grad():
+        masked = model(data[0]).logits
+        mt.compress(model, ["4:8"] * 6)  # every layer packed: the same logits within float32 rounding
+        assert all(isinstance(model.get_submodule(n), mt.PackedLinear) for n in layers)
+        assert torch.allclose(model(data[0]).logits, masked, rtol=1e-5, atol=1e-5)
+        mt.save_compressed(model, tmp_path / "model.safetensors")
+        loaded = mt.load_compressed(lambda: BlockLM(seed=3), tmp_path / "model.safetensors")
+        assert torch.equal(loaded(data[0]).logits, model(data[0]).logits)
     result = mt.prune(BlockLM(seed=2), data, target=0.5, pruner="magnitude", method="prior", progress=False)
     assert abs(result.average_sparsity - 0.5) <= 0.001 and BLOCK_VOCAB == 41
 
@@ -343,6 +352,30 @@ def _readme_packed(block, capsys):
     assert printed.strip() == f"{64 * 64 * 2 + 64 * 32} bytes instead of {64 * 256 * 2}"
 
 
+def _readme_compressed_model(block, capsys):
+    from msp.torch import PackedLinear
+    from torch_models import BlockLM
+
+    model, token_ids = BlockLM(seed=5), _token_ids(4)
+    reference = BlockLM(seed=5).double()  # the masked dense model, pruned here with the reference mask
+    with torch.no_grad():
+        for module in (m for m in reference.modules() if isinstance(m, torch.nn.Linear) and m is not reference.lm_head):
+            w = module.weight
+            w.mul_(torch.from_numpy(ref_nm_keep(np.abs(w.float().numpy()), 2, 8)))
+        exact = reference(token_ids).logits
+    namespace, _ = _run_readme_block(block, {"model": model, "make_model": lambda: BlockLM(seed=6),
+                                             "token_ids": token_ids}, capsys)
+    names = [f"layers.{b}.{n}" for b in range(2) for n in ("up", "down", "mix")]
+    assert all(isinstance(model.get_submodule(n), PackedLinear) and str(model.get_submodule(n).level) == "2:8"
+               for n in names)
+    logits = namespace["logits"]
+    assert float((logits.double() - exact).abs().max()) <= 1e-5 * float(exact.abs().max())
+    loaded = namespace["loaded"]
+    assert all(isinstance(loaded.get_submodule(n), PackedLinear) for n in names)
+    with torch.no_grad():
+        assert torch.equal(loaded(token_ids).logits.view(torch.int32), logits.view(torch.int32))
+
+
 def _readme_sparsegpt(block, capsys):
     from sparsegpt_reference import fasterprune
 
@@ -368,6 +401,7 @@ README_RUNNERS = {  # a line only that block has -> the test that runs it
     'resumed = msp.Search.load("search.msps")': _readme_checkpoint,
     "stored = msp.PackedNM(": _readme_packed,
     "acc = msp.GramAccumulator([64])": _readme_sparsegpt,
+    "loaded = load_compressed(make_model,": _readme_compressed_model,
 }
 
 

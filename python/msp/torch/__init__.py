@@ -15,7 +15,10 @@ concerns:
 - ``msp.torch.pruner``: ``Pruner``, ``apply_plan`` (the pruning criterion is ``pruner=``);
 - ``msp.torch.pipeline``: ``prune``, the whole pipeline in one call;
 - ``msp.torch.evaluation``: ``perplexity``, ``kl_to_dense``, ``reference_logits``, ``TopK``;
-- ``msp.torch.forward``: the device and forward utilities they share.
+- ``msp.torch.forward``: the device and forward utilities they share;
+- ``msp.torch.packed_linear``: ``PackedLinear``, a layer holding its N:M weight compressed;
+- ``msp.torch.compression``: ``compress``, a pruned model's N:M layers packed in place;
+- ``msp.torch.compressed_file``: ``save_compressed``, ``load_compressed`` (safetensors).
 
 Models may be any ``nn.Module`` on any torch device::
 
@@ -26,7 +29,10 @@ Models may be any ``nn.Module`` on any torch device::
 
 from .calibration import activation_norms, causal_lm_loss, fisher_traces
 from .evaluation import TopK, kl_to_dense, perplexity, reference_logits
+from .compressed_file import load_compressed, save_compressed
+from .compression import compress
 from .layers import block_groups, linear_layers
+from .packed_linear import PackedLinear
 from .pipeline import prune
 from .pruner import Pruner, apply_plan
 
@@ -43,4 +49,8 @@ __all__ = [
     "kl_to_dense",
     "reference_logits",
     "TopK",
+    "compress",
+    "PackedLinear",
+    "save_compressed",
+    "load_compressed",
 ]
