@@ -150,7 +150,7 @@ def test_every_name_of_msp_torch_all_works():
 
     assert sorted(mt.__all__) == sorted([
         "linear_layers", "block_groups", "fisher_traces", "causal_lm_loss", "activation_norms", "Pruner",
-        "apply_plan", "prune", "perplexity", "kl_to_dense", "reference_logits", "TopK"])
+        "apply_plan", "prune", "perplexity", "kl_to_dense", "reference_logits", "TopK", "gram_matrices", "Grams"])
     model, data = BlockLM(seed=2), block_batches(2)
     layers = mt.linear_layers(model)
     assert list(layers) == [f"layers.{b}.{n}" for b in range(2) for n in ("up", "down", "mix")]
@@ -160,6 +160,7 @@ def test_every_name_of_msp_torch_all_works():
     traces = mt.fisher_traces(model, layers, data, progress=False)
     assert list(traces) == list(layers) and all(t > 0 for t in traces.values())
     norms = mt.activation_norms(model, layers, data)
+    grams = mt.gram_matrices(model, layers, data)  # on the dense model, as norms
     assert [n.shape[0] for n in norms.values()] == [m.in_features for m in layers.values()]
     dense = mt.reference_logits(model, data, top_k=4)
     assert isinstance(dense[0], mt.TopK) and mt.kl_to_dense(model, data, dense) < 1e-6
@@ -170,6 +171,14 @@ def test_every_name_of_msp_torch_all_works():
     pruner.restore()
     masks = mt.apply_plan(layers, ["4:8"] * 6, pruner="magnitude", return_masks=True)
     assert all(float(mask.float().mean()) == 0.5 for mask in masks.values())
+    assert isinstance(grams, mt.Grams) and len(grams.groups) == 6  # BlockLM's linears read distinct inputs
+    for name, h in grams.items():
+        assert torch.allclose(torch.diagonal(h).sqrt(), norms[name], rtol=1e-5)
+    with msp.OBS(grams["layers.0.up"]) as obs:
+        expected = layers["layers.0.up"].weight.detach().clone()
+        obs.prune_(expected, "2:8")
+    mt.Pruner(layers, pruner="sparsegpt", grams=grams).apply(["2:8"] * 6)
+    assert torch.equal(layers["layers.0.up"].weight, expected)
     result = mt.prune(BlockLM(seed=2), data, target=0.5, pruner="magnitude", method="prior", progress=False)
     assert abs(result.average_sparsity - 0.5) <= 0.001 and BLOCK_VOCAB == 41
 

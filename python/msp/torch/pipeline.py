@@ -27,7 +27,8 @@ from .batches import calibration_batches
 from .calibration import fisher_traces
 from .evaluation import kl_to_dense, perplexity, reference_logits
 from .layers import block_groups, linear_layers
-from .pruner import Pruner, check_pruner, prepare_layers
+from .pruner import Pruner
+from .records import check_pruner, prepare_layers
 
 __all__ = ["prune"]
 
@@ -121,6 +122,7 @@ def prune(
     groups: str | Sequence[Any] | None = None,
     sensitivity: Any = None,
     norms: Any = None,
+    grams: Any = None,
     loss_fn: Callable[[nn.Module, Any], Any] | None = None,
     forward_fn: Callable[[nn.Module, Any], Any] | None = None,
     kernels: str = "auto",
@@ -132,7 +134,8 @@ def prune(
     """Plan a mixed sparsity for ``model`` and leave the model pruned with it: the common case in one call.
 
     Steps (each reported on stderr when ``progress`` is on): Fisher traces of the linear layers on
-    ``calibration``; Wanda's activation norms (``pruner="wanda"``); the plan (by default the
+    ``calibration``; Wanda's activation norms (``pruner="wanda"``) or SparseGPT's Gram matrices
+    (``pruner="sparsegpt"``, ``gram_matrices``); the plan (by default the
     evolutionary search from the Fisher prior, every candidate applied to the model by a
     :class:`Pruner` and scored by ``fitness``); applying the best plan.
 
@@ -148,7 +151,10 @@ def prune(
         target: average sparsity over the pruned layers, weighted by parameter count.
         structure: ``"N:M"`` (e.g. ``"N:8"``: every layer some n:8 from 1:8 to 8:8 = dense) or
             ``"unstructured"`` (0 %, 5 %, ..., 95 % and ``target``). ``levels`` overrides it.
-        pruner: the pruning criterion, ``"wanda"`` or ``"magnitude"``.
+        pruner: the pruning criterion, ``"wanda"``, ``"magnitude"`` or ``"sparsegpt"``. SparseGPT
+            prunes one shot with the dense model's Gram matrices, in the search (every
+            (layer, level) pruned once, then candidates assembled by copies: the
+            :class:`Pruner`'s database) and in the final plan alike.
         settings: the search settings (:class:`msp.SearchSettings`; None = the defaults).
         fitness: ``"kl"`` (mean KL divergence of the pruned model's output distribution from the
             dense one's: next-token distributions, or with ``forward_fn`` the distributions over
@@ -164,8 +170,9 @@ def prune(
         ignore: layer names to leave dense when ``layers`` is None.
         groups: None, ``"block"`` (layers of one transformer block share a level, ``block_groups``)
             or one group label per layer.
-        sensitivity, norms: precomputed Fisher traces (dict or list) and activation norms, to skip
-            those steps.
+        sensitivity, norms, grams: precomputed Fisher traces (dict or list), activation norms
+            (Wanda; ``grams.norms()`` serves too) and Gram matrices (SparseGPT), to skip those
+            steps.
         loss_fn: ``loss_fn(model, batch) -> scalar`` for the Fisher traces (``fisher_traces``);
             default: a causal LM's next-token cross-entropy.
         forward_fn: ``forward_fn(model, batch)`` runs one batch, for the activation norms and the
@@ -222,11 +229,12 @@ def prune(
         sensitivity = [traces[n] for n in names]
     elif isinstance(sensitivity, Mapping):
         sensitivity = [float(sensitivity[n]) for n in names]
-    if criterion.statistic is not None and norms is None:
+    statistics = {"norms": norms, "grams": grams}
+    if criterion.statistic is not None and statistics[criterion.statistic] is None:
         with stage(f"{criterion.name}'s {criterion.statistic} on {len(calibration)} calibration batches"):
-            norms = criterion.collect(model, layers, calibration, forward_fn, progress)
-    worker = Pruner(layers, pruner, norms if criterion.statistic else None, kernels=kernels,
-                    dense_copies=dense_copies)
+            statistics[criterion.statistic] = criterion.collect(model, layers, calibration, forward_fn, progress)
+    given = {criterion.statistic: statistics[criterion.statistic]} if criterion.statistic else {}
+    worker = Pruner(layers, pruner, kernels=kernels, dense_copies=dense_copies, **given)
     try:
         score = None
         if method == "search" or callable(fitness):
