@@ -3,6 +3,7 @@ checked against a value worked out here), the README's Python code runs as writt
 contract of the design document keeps its spellings (old ones with a ``DeprecationWarning``)."""
 
 import re
+from pathlib import Path
 import warnings
 
 import numpy as np
@@ -356,6 +357,28 @@ def _readme_sparsegpt(block, capsys):
     assert np.abs(namespace["w"] - ref_w.numpy()).max() <= 1e-4 * np.abs(dense_w).max()
 
 
+def _readme_sparsegpt_torch(block, capsys):
+    from msp.torch import activation_norms, linear_layers
+    from torch_models import BlockLM
+
+    model, token_ids = BlockLM(seed=8), _token_ids()
+    dense = {n: m.weight.detach().clone() for n, m in linear_layers(model).items()}
+    expected_norms = activation_norms(model, linear_layers(model), token_ids[:32])
+    namespace, _ = _run_readme_block(block, {"model": model, "token_ids": token_ids}, capsys)
+    layers, grams, result = namespace["layers"], namespace["grams"], namespace["searched"]
+    for name, norm in namespace["norms"].items():
+        assert torch.allclose(norm, expected_norms[name], rtol=1e-5)
+    assert len(list(Path("sparsegpt-db").glob("*.npz"))) == 7 * len(layers)  # 1:8 .. 7:8 of every layer
+    assert abs(result.average_sparsity - 0.75) <= 0.001 + 1e-12
+    _assert_holds(layers, result)
+    for (name, module), level in zip(layers.items(), result.layer_levels):
+        w = dense[name].clone()
+        if level.n < level.m:
+            with msp.OBS(grams[name]) as obs:
+                obs.prune_(w, level)
+        assert torch.equal(module.weight.detach(), w), name
+
+
 README_RUNNERS = {  # a line only that block has -> the test that runs it
     'msp.prune_nm_(layer.weight.data, "2:4")': _readme_masking,
     "traces = fisher_traces(model, layers, calibration)": _readme_pytorch_loop,
@@ -365,6 +388,7 @@ README_RUNNERS = {  # a line only that block has -> the test that runs it
     "while candidates := search.ask():": _readme_search,
     "stored = msp.PackedNM(": _readme_packed,
     "acc = msp.GramAccumulator([64])": _readme_sparsegpt,
+    'pruner = Pruner(layers, pruner="sparsegpt", grams=grams,': _readme_sparsegpt_torch,
 }
 
 

@@ -17,7 +17,7 @@ from torch import nn  # noqa: E402
 import msp  # noqa: E402
 import msp.torch.criteria as criteria  # noqa: E402
 from msp.levels import Level  # noqa: E402
-from msp.torch import Pruner, activation_norms, apply_plan, gram_matrices, linear_layers, prune  # noqa: E402
+from msp.torch import Grams, Pruner, activation_norms, apply_plan, gram_matrices, linear_layers, prune  # noqa: E402
 from sparsegpt_reference import fasterprune  # noqa: E402
 
 VOCAB, DIM, T = 29, 16, 12
@@ -324,6 +324,23 @@ def test_prune_with_sparsegpt_applies_the_plan_with_the_dense_models_grams():
     uniform = prune(GatedLM(seed=3), data, target=0.5, pruner="sparsegpt", method="uniform", grams=grams,
                     progress=False)
     assert all(level == Level.nm(4, 8) for level in uniform.layer_levels)
+
+
+def test_prune_with_wanda_takes_its_norms_from_given_grams():
+    data = batches(2, seed=5)
+    layers = linear_layers(GatedLM(seed=6))
+    g = torch.Generator().manual_seed(7)
+    fake = Grams({n: torch.diag(torch.rand(m.in_features, generator=g) + 0.1) for n, m in layers.items()},
+                 {n: 1 for n in layers})  # norms unlike the model's activations
+
+    def pruned(**statistic):
+        model = GatedLM(seed=6)
+        prune(model, data, target=0.5, pruner="wanda", method="uniform", progress=False, **statistic)
+        return [m.weight.detach().clone() for m in linear_layers(model).values()]
+
+    by_grams, by_norms, own = pruned(grams=fake), pruned(norms=fake.norms()), pruned()
+    assert all(torch.equal(a, b) for a, b in zip(by_grams, by_norms))
+    assert any(not torch.equal(a, b) for a, b in zip(by_grams, own))
 
 
 def test_bad_sparsegpt_arguments_leave_the_weights_alone(setup):

@@ -171,8 +171,8 @@ def prune(
         groups: None, ``"block"`` (layers of one transformer block share a level, ``block_groups``)
             or one group label per layer.
         sensitivity, norms, grams: precomputed Fisher traces (dict or list), activation norms
-            (Wanda; ``grams.norms()`` serves too) and Gram matrices (SparseGPT), to skip those
-            steps.
+            (Wanda) and Gram matrices (SparseGPT; ``gram_matrices``), to skip those steps. Given
+            Gram matrices, Wanda takes its norms from them (``Grams.norms()``: ``sqrt(diag H)``).
         loss_fn: ``loss_fn(model, batch) -> scalar`` for the Fisher traces (``fisher_traces``);
             default: a causal LM's next-token cross-entropy.
         forward_fn: ``forward_fn(model, batch)`` runs one batch, for the activation norms and the
@@ -229,6 +229,8 @@ def prune(
         sensitivity = [traces[n] for n in names]
     elif isinstance(sensitivity, Mapping):
         sensitivity = [float(sensitivity[n]) for n in names]
+    if norms is None and grams is not None and criterion.statistic == "norms":
+        norms = grams.norms()  # Wanda's norms from the Gram matrices' pass: sqrt(diag H)
     statistics = {"norms": norms, "grams": grams}
     if criterion.statistic is not None and statistics[criterion.statistic] is None:
         with stage(f"{criterion.name}'s {criterion.statistic} on {len(calibration)} calibration batches"):

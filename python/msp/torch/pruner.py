@@ -141,6 +141,8 @@ class Pruner:
         kernels: ``"auto"`` (native kernels for CPU weights, torch operations on the weight's
             device otherwise), ``"native"`` (CPU weights only) or ``"torch"`` (torch operations
             everywhere; the same masks). Decided at every ``apply`` from where each weight is then.
+            SparseGPT always runs the native solver on the host: under ``"torch"`` or for a weight
+            off the CPU (or not contiguous) it prunes a host copy and copies it back.
         dense_copies: where the dense copies and the cache of pruned weights live: ``"device"``
             (default: each weight's own device; fastest, and the GPU memory of the weights once
             more) or ``"host"`` (CPU memory, pinned for CUDA weights; every restore and cache hit
