@@ -75,11 +75,16 @@ class Criterion:
     """The keyword under which the criterion takes its calibration statistic (None: none)."""
     collector = ""
     """How a user computes the statistic, for error messages."""
+    gather: Callable[..., Any] | None = None
+    """The function computing the statistic: ``gather(model, layers, batches, forward_fn=,
+    progress=)`` (None: no statistic)."""
 
     def collect(self, model: nn.Module, layers: Mapping[str, nn.Module], batches: Any,
                 forward_fn: Callable[[nn.Module, Any], Any] | None, progress: bool) -> Any:
         """The calibration statistic of ``layers`` (None for a criterion without one)."""
-        return None
+        if self.gather is None:
+            return None
+        return self.gather(model, layers, batches, forward_fn=forward_fn, progress=progress)
 
     def prepare(self, name: str, weight: torch.Tensor, value: Any) -> Any:
         """The state pruning layer ``name`` needs, from its statistic ``value``."""
@@ -125,10 +130,7 @@ class Wanda(Criterion):
     name = "wanda"
     statistic = "norms"
     collector = "msp.torch.activation_norms(model, layers, batches)"
-
-    def collect(self, model: nn.Module, layers: Mapping[str, nn.Module], batches: Any,
-                forward_fn: Callable[[nn.Module, Any], Any] | None, progress: bool) -> Any:
-        return activation_norms(model, layers, batches, forward_fn=forward_fn, progress=progress)
+    gather = staticmethod(activation_norms)
 
     def prepare(self, name: str, weight: torch.Tensor, value: Any) -> ColumnScale:
         cols = int(weight.shape[1])
@@ -179,10 +181,7 @@ class SparseGPT(Criterion):
     name = "sparsegpt"
     statistic = "grams"
     collector = "msp.torch.gram_matrices(model, layers, batches)"
-
-    def collect(self, model: nn.Module, layers: Mapping[str, nn.Module], batches: Any,
-                forward_fn: Callable[[nn.Module, Any], Any] | None, progress: bool) -> Any:
-        return gram_matrices(model, layers, batches, forward_fn=forward_fn, progress=progress)
+    gather = staticmethod(gram_matrices)
 
     def states(self, names: list[str], weights: list[torch.Tensor], values: list[Any],
                settings: Mapping[str, Any]) -> list[GramFactor]:
