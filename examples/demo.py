@@ -186,7 +186,7 @@ def level_set(kind: str):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a smaller run (under 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="a smaller run (fewer tokens and evaluations)")
     parser.add_argument("--out", default="out", help="folder for the PNGs and plans (default: out/)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the faster of 1 and all)")
     parser.add_argument("--no-cache", action="store_true", help="load the GGUF file, do not cache the float32 model")
