@@ -326,6 +326,29 @@ def test_prune_with_sparsegpt_applies_the_plan_with_the_dense_models_grams():
     assert all(level == Level.nm(4, 8) for level in uniform.layer_levels)
 
 
+def test_prune_sequential_prunes_block_by_block_on_the_pruned_models_activations():
+    data = batches(2, seed=8)
+    model = GatedLM(seed=9)
+    plan = prune(model, data, target=0.5, pruner="sparsegpt", method="uniform", sequential=True, progress=False)
+    assert all(level == Level.nm(4, 8) for level in plan.layer_levels)
+    reference = GatedLM(seed=9)
+    layers = linear_layers(reference)
+    for b in range(2):  # full forward passes here, on the reference pruned so far
+        block = {n: m for n, m in layers.items() if n.startswith(f"blocks.{b}.")}
+        expected = per_layer_reference(weights(block), gram_matrices(reference, block, data), ["4:8"] * len(block))
+        for n, m in block.items():
+            m.weight.data.copy_(expected[n])
+    got = linear_layers(model)
+    assert all(torch.equal(got[n].weight, m.weight) for n, m in layers.items())
+    oneshot = GatedLM(seed=9)
+    prune(oneshot, data, target=0.5, pruner="sparsegpt", method="uniform", progress=False)
+    first = linear_layers(oneshot)
+    assert all(torch.equal(first[n].weight, got[n].weight) for n in layers if n.startswith("blocks.0."))
+    assert not all(torch.equal(first[n].weight, got[n].weight) for n in layers if n.startswith("blocks.1."))
+    with pytest.raises(ValueError, match="sequential"):
+        prune(GatedLM(), data, pruner="wanda", sequential=True, progress=False)
+
+
 def test_prune_with_wanda_takes_its_norms_from_given_grams():
     data = batches(2, seed=5)
     layers = linear_layers(GatedLM(seed=6))

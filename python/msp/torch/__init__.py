@@ -16,7 +16,8 @@ concerns:
 - ``msp.torch.pruner``: ``Pruner``, ``apply_plan`` (the pruning criterion is ``pruner=``), with
   ``msp.torch.records`` (the checks before any weight is written) and ``msp.torch.database``
   (the cache of pruned weights: SparseGPT's search database, in memory and on disk);
-- ``msp.torch.pipeline``: ``prune``, the whole pipeline in one call;
+- ``msp.torch.pipeline``: ``prune``, the whole pipeline in one call (``msp.torch.sequential``: its
+  block-by-block SparseGPT application, ``sequential=True``);
 - ``msp.torch.evaluation``: ``perplexity``, ``kl_to_dense``, ``reference_logits``, ``TopK``;
 - ``msp.torch.forward``: the device and forward utilities they share.
 
