@@ -409,7 +409,10 @@ def apply_plan(
 
     Raises:
         TypeError, ValueError: as for :class:`Pruner` and :meth:`Pruner.apply`, before any weight
-            is written (non-finite weights included).
+            is written (non-finite weights included). One exception: SparseGPT finds a Gram matrix
+            that is not positive definite after damping (``msp.InvalidArgumentError``, suggesting
+            a larger ``damp``) only when it factorises it, at its first layer; the layers before
+            are pruned by then (a :class:`Pruner` restores them).
     """
     pruner = renamed("apply_plan", "method", method, "pruner", pruner, "magnitude", _METHOD_NOTE)
     records = prepare_layers(layers, pruner, norms, scope, kernels, grams, damp, block)
