@@ -17,7 +17,8 @@ Run by `make bench` (never by `make test`). Sections:
   write the float32 diagonal.
 - compressed N:M product: msp.nm_linear against F.linear on dense weights (examples/bench_packed.py).
 - sparsegpt: msp.OBS against the torch transcription of SparseGPT's fasterprune, and the time of a
-  SparseGPT search database for SmolLM2-135M's shapes (examples/bench_sparsegpt.py).
+  SparseGPT search database for SmolLM2-135M's shapes (examples/bench_sparsegpt.py); with the demo's
+  model cached, its real database next to llm-compressor's one uniform pass (examples/bench_database.py).
 - planner: the exact solver and the search's own bookkeeping at 224 layers x 16 levels, the library's
   time (ask/tell through ctypes with a precomputed additive fitness) separated from Python's.
 - model (full run only, when the demo's SmolLM2-135M cache exists): msp.torch.Pruner.apply of a
@@ -664,7 +665,7 @@ def main() -> None:
     print()
     planner = planner_speed(5)
     print_planner(planner)
-    model = decode = None
+    model = decode = database = None
     if args.model == "yes" or (args.model == "auto" and not args.quick):
         model = model_section(3)
         decode = bench_decode.run()
@@ -679,6 +680,7 @@ def main() -> None:
                   f"{model['applies']} plans (first, from dense: {model['apply_first_ms']:.0f} ms) vs one fitness "
                   f"evaluation (KL to dense, {model['fitness_tokens']} tokens) {model['fitness_median_ms']:.0f} ms: "
                   f"{100 * model['apply_over_fitness']:.1f}% (goal < 5%)")
+            database = importlib.import_module("bench_database").run()
     print()
     print("x = peer time / msp time at all threads (higher: msp faster). Peers: torch vectorised = abs, one topk over")
     print("[rows, cols/m, m], scatter, multiply; wanda loop = Wanda's per-group topk loop; torch sort (wanda) =")
@@ -693,7 +695,7 @@ def main() -> None:
 
     if args.json:
         report = {"machine": machine, "bandwidth": bandwidth, "results": results, "planner": planner,
-                  "model": model, "decode": decode, "checks": checks, "sparsegpt": sparsegpt}
+                  "model": model, "decode": decode, "checks": checks, "sparsegpt": sparsegpt, "database": database}
         text = json.dumps(report, indent=1)
         if args.json == "-":
             print(text)

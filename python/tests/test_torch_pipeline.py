@@ -91,7 +91,7 @@ def test_prune_rejects_bad_arguments_before_touching_the_model():
     model = TinyLM()
     saved = snapshot(model)
     for kwargs, error in [
-        (dict(pruner="sparsegpt"), ValueError),
+        (dict(pruner="obs"), ValueError),
         (dict(structure="2:4"), ValueError),
         (dict(fitness="accuracy"), ValueError),
         (dict(search=dict(target=0.5)), ValueError),

@@ -241,9 +241,11 @@ def test_bad_pruner_arguments():
     with pytest.raises(ValueError, match="does not use them"):
         Pruner(layers, "magnitude", random_norms(layers))
     with pytest.raises(ValueError, match="method"):
-        Pruner(layers, "sparsegpt")
+        Pruner(layers, "obs")
     with pytest.raises(ValueError, match="pruner.*criterion"):
-        Pruner(layers, pruner="sparsegpt")
+        Pruner(layers, pruner="obs")
+    with pytest.raises(ValueError, match="needs grams"):
+        Pruner(layers, "sparsegpt")
     bad = random_norms(layers)
     bad["layers.0.up"] = torch.ones(DIM + 1)
     with pytest.raises(ValueError, match="in_features"):

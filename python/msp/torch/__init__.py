@@ -8,12 +8,16 @@ concerns:
   iterable) and per-sample splitting;
 - ``msp.torch.calibration``: ``causal_lm_loss``, ``fisher_traces``, ``activation_norms`` (and the
   collector of layer-input statistics they share);
+- ``msp.torch.grams``: ``gram_matrices``, SparseGPT's statistic (``Grams``);
 - ``msp.torch.criteria``: the pruning criteria of ``pruner=`` and the statistic each needs;
 - ``msp.torch.kernels``: where pruning runs (``kernels=``): native kernels on CPU tensors, torch
   operations with the same masks on any other device;
 - ``msp.torch.device_fisher``: Fisher sums on a torch device, bit-identical to the native ones;
-- ``msp.torch.pruner``: ``Pruner``, ``apply_plan`` (the pruning criterion is ``pruner=``);
-- ``msp.torch.pipeline``: ``prune``, the whole pipeline in one call;
+- ``msp.torch.pruner``: ``Pruner``, ``apply_plan`` (the pruning criterion is ``pruner=``), with
+  ``msp.torch.records`` (the checks before any weight is written) and ``msp.torch.database``
+  (the cache of pruned weights: SparseGPT's search database, in memory and on disk);
+- ``msp.torch.pipeline``: ``prune``, the whole pipeline in one call (``msp.torch.sequential``: its
+  block-by-block SparseGPT application, ``sequential=True``);
 - ``msp.torch.evaluation``: ``perplexity``, ``kl_to_dense``, ``reference_logits``, ``TopK``;
 - ``msp.torch.forward``: the device and forward utilities they share;
 - ``msp.torch.packed_linear``: ``PackedLinear``, a layer holding its N:M weight compressed;
@@ -31,6 +35,7 @@ from .calibration import activation_norms, causal_lm_loss, fisher_traces
 from .evaluation import TopK, kl_to_dense, perplexity, reference_logits
 from .compressed_file import load_compressed, save_compressed
 from .compression import compress
+from .grams import Grams, gram_matrices
 from .layers import block_groups, linear_layers
 from .packed_linear import PackedLinear
 from .pipeline import prune
@@ -42,6 +47,8 @@ __all__ = [
     "causal_lm_loss",
     "Pruner",
     "activation_norms",
+    "gram_matrices",
+    "Grams",
     "apply_plan",
     "block_groups",
     "prune",

@@ -262,6 +262,50 @@ def fisher_traces(
 # --- statistics of layer inputs --------------------------------------------------------------------
 
 
+def _version(x: torch.Tensor) -> int | None:
+    """The tensor's version counter (None where it has none, e.g. an inference tensor)."""
+    try:
+        return x._version
+    except RuntimeError:
+        return None
+
+
+class _LastInput:
+    """The input tensor of the last recorded layer call and the layers that read it since:
+    ``collect_inputs``' test for one input read by several layers in turn."""
+
+    __slots__ = ("tensor", "version", "first", "readers")
+
+    def __init__(self) -> None:
+        self.forget()
+
+    def forget(self) -> None:
+        """Release the tensor (at the end of every batch)."""
+        self.tensor: torch.Tensor | None = None
+        self.version: int | None = None
+        self.first = ""
+        self.readers: set[str] = set()
+
+    def remember(self, x: torch.Tensor, name: str) -> None:
+        """``x`` was just recorded for layer ``name``."""
+        self.tensor, self.version, self.first, self.readers = x, _version(x), name, {name}
+
+    def reader_of(self, x: torch.Tensor, name: str) -> str | None:
+        """The layer whose record call saw ``x`` when it is the remembered tensor, unwritten since
+        and not yet read by ``name`` (which is then counted as a reader); else None."""
+        held = self.tensor
+        if held is None or name in self.readers or self.version is None or _version(x) != self.version:
+            return None
+        same = x is held or (
+            x.device == held.device and x.dtype == held.dtype and x.shape == held.shape
+            and x.stride() == held.stride() and x.data_ptr() == held.data_ptr()
+        )
+        if not same:
+            return None
+        self.readers.add(name)
+        return self.first
+
+
 def _width(module: nn.Module) -> int | None:
     """A layer's input width: ``in_features``, else its 2-D weight's column count, else None."""
     width = getattr(module, "in_features", None)
@@ -277,6 +321,7 @@ def collect_inputs(
     batches: Any,
     record: Callable[[str, torch.Tensor], None],
     *,
+    share: Callable[[str, str], None] | None = None,
     forward_fn: Callable[[nn.Module, Any], Any] | None = None,
     progress: bool = False,
     desc: str = "msp layer inputs",
@@ -290,13 +335,23 @@ def collect_inputs(
     The model runs in eval mode under ``torch.no_grad()``; modes and hooks are restored and
     removed afterwards, also on an exception.
 
+    With ``share``, an input is recorded once for all the layers that read it in turn: when a
+    layer's input is the tensor the previously called layer of ``layers`` was recorded with (the
+    same tensor object, or the same view of the same memory, not written in between: q/k/v read
+    one tensor one after another, and so do gate/up), ``share(name, first)`` is called instead
+    of ``record``, ``first`` naming the layer whose ``record`` call saw that tensor. The tensor
+    is held until the next layer call or the end of the batch, so that its identity is certain.
+
     Args:
         model: any ``nn.Module``, on any device.
         layers: ``{name: module}``, e.g. ``linear_layers(model)``; ``in_features`` (or the weight's
             column count) is each input's last dimension.
         batches: the calibration (``msp.torch.batches``: a list of batches, one tensor ``[N, ...]``,
             or an iterable of batches).
-        record: called once per layer call with ``(name, rows)``.
+        record: called once per layer call with ``(name, rows)`` (with ``share``: once per
+            distinct input).
+        share: None, or ``share(name, first)``, called for a layer call whose input was recorded
+            for layer ``first`` just before (see above).
         forward_fn: ``forward_fn(model, batch)`` runs one batch (its tensors already moved to the
             model's device); default ``model(ids)`` for a tensor, ``model(**inputs)`` for a dict
             (without ``"labels"``), ``model(*batch)`` for a tuple. An ``(x, y)`` classifier passes
@@ -316,15 +371,22 @@ def collect_inputs(
     run = call_model if forward_fn is None else forward_fn
     device = device_of(model)
 
+    last = _LastInput()
+
     def hook_for(name: str):
         def hook(module: nn.Module, args: tuple) -> None:
             if not args or not isinstance(args[0], torch.Tensor):
                 raise TypeError(f"layer {name!r} was called without a tensor as its first input")
-            x = args[0].detach()
+            x = args[0]
             width = widths[name] or x.shape[-1]
             if x.shape[-1] != width:
                 raise ValueError(f"layer {name!r} got an input of shape {tuple(x.shape)}; expected last dim {width}")
-            record(name, x.reshape(-1, width))
+            first = last.reader_of(x, name) if share is not None else None
+            if first is None:
+                record(name, x.detach().reshape(-1, width))
+                last.remember(x, name)
+            else:
+                share(name, first)
             ran.add(name)
 
         return hook
@@ -339,9 +401,11 @@ def collect_inputs(
         with eval_mode(model), torch.no_grad():
             for batch in batches:
                 run(model, to_device(batch, device))
+                last.forget()
                 count += 1
                 bar.advance()
     finally:
+        last.forget()
         for handle in handles:
             handle.remove()
         bar.close()

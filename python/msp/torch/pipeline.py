@@ -27,7 +27,9 @@ from .batches import calibration_batches
 from .calibration import fisher_traces
 from .evaluation import kl_to_dense, perplexity, reference_logits
 from .layers import block_groups, linear_layers
-from .pruner import Pruner, check_pruner, prepare_layers
+from .pruner import Pruner
+from .records import check_pruner, prepare_layers
+from .sequential import apply_sequential
 
 __all__ = ["prune"]
 
@@ -121,6 +123,8 @@ def prune(
     groups: str | Sequence[Any] | None = None,
     sensitivity: Any = None,
     norms: Any = None,
+    grams: Any = None,
+    sequential: bool = False,
     loss_fn: Callable[[nn.Module, Any], Any] | None = None,
     forward_fn: Callable[[nn.Module, Any], Any] | None = None,
     kernels: str = "auto",
@@ -132,7 +136,8 @@ def prune(
     """Plan a mixed sparsity for ``model`` and leave the model pruned with it: the common case in one call.
 
     Steps (each reported on stderr when ``progress`` is on): Fisher traces of the linear layers on
-    ``calibration``; Wanda's activation norms (``pruner="wanda"``); the plan (by default the
+    ``calibration``; Wanda's activation norms (``pruner="wanda"``) or SparseGPT's Gram matrices
+    (``pruner="sparsegpt"``, ``gram_matrices``); the plan (by default the
     evolutionary search from the Fisher prior, every candidate applied to the model by a
     :class:`Pruner` and scored by ``fitness``); applying the best plan.
 
@@ -148,7 +153,10 @@ def prune(
         target: average sparsity over the pruned layers, weighted by parameter count.
         structure: ``"N:M"`` (e.g. ``"N:8"``: every layer some n:8 from 1:8 to 8:8 = dense) or
             ``"unstructured"`` (0 %, 5 %, ..., 95 % and ``target``). ``levels`` overrides it.
-        pruner: the pruning criterion, ``"wanda"`` or ``"magnitude"``.
+        pruner: the pruning criterion, ``"wanda"``, ``"magnitude"`` or ``"sparsegpt"``. SparseGPT
+            prunes one shot with the dense model's Gram matrices, in the search (every
+            (layer, level) pruned once, then candidates assembled by copies: the
+            :class:`Pruner`'s database) and, unless ``sequential``, in the final plan too.
         settings: the search settings (:class:`msp.SearchSettings`; None = the defaults).
         fitness: ``"kl"`` (mean KL divergence of the pruned model's output distribution from the
             dense one's: next-token distributions, or with ``forward_fn`` the distributions over
@@ -164,8 +172,15 @@ def prune(
         ignore: layer names to leave dense when ``layers`` is None.
         groups: None, ``"block"`` (layers of one transformer block share a level, ``block_groups``)
             or one group label per layer.
-        sensitivity, norms: precomputed Fisher traces (dict or list) and activation norms, to skip
-            those steps.
+        sensitivity, norms, grams: precomputed Fisher traces (dict or list), activation norms
+            (Wanda) and Gram matrices (SparseGPT; ``gram_matrices``), to skip those steps. Given
+            Gram matrices, Wanda takes its norms from them (``Grams.norms()``: ``sqrt(diag H)``).
+        sequential: SparseGPT only: apply the final plan transformer block by transformer block
+            (``block_groups``), each block pruned with the Gram matrices of its inputs on the
+            model pruned so far, as the SparseGPT scripts and llm-compressor do; the search still
+            scores candidates with the dense model's Gram matrices. On SmolLM2-135M, uniform 70%
+            gave held-out perplexity 252.90 this way against 390.53 one shot. Costs about half a
+            forward pass over the calibration per block.
         loss_fn: ``loss_fn(model, batch) -> scalar`` for the Fisher traces (``fisher_traces``);
             default: a causal LM's next-token cross-entropy.
         forward_fn: ``forward_fn(model, batch)`` runs one batch, for the activation norms and the
@@ -191,6 +206,10 @@ def prune(
         left dense (restored bit-identically), also on ``KeyboardInterrupt``.
     """
     criterion = check_pruner(pruner)
+    if sequential not in (False, True):
+        raise ValueError(f"sequential must be True or False, got {sequential!r}")
+    if sequential and criterion.name != "sparsegpt":
+        raise ValueError(f"sequential=True re-collects SparseGPT's Gram matrices; pruner={criterion.name!r} has none")
     if method not in PLANNING_METHODS:
         raise ValueError(f"method (the planning method) must be 'search', 'prior' or 'uniform', got {method!r}")
     if not (isinstance(fitness, str) and fitness in ("kl", "perplexity")) and not callable(fitness):
@@ -222,11 +241,14 @@ def prune(
         sensitivity = [traces[n] for n in names]
     elif isinstance(sensitivity, Mapping):
         sensitivity = [float(sensitivity[n]) for n in names]
-    if criterion.statistic is not None and norms is None:
+    if norms is None and grams is not None and criterion.statistic == "norms":
+        norms = grams.norms()  # Wanda's norms from the Gram matrices' pass: sqrt(diag H)
+    statistics = {"norms": norms, "grams": grams}
+    if criterion.statistic is not None and statistics[criterion.statistic] is None:
         with stage(f"{criterion.name}'s {criterion.statistic} on {len(calibration)} calibration batches"):
-            norms = criterion.collect(model, layers, calibration, forward_fn, progress)
-    worker = Pruner(layers, pruner, norms if criterion.statistic else None, kernels=kernels,
-                    dense_copies=dense_copies)
+            statistics[criterion.statistic] = criterion.collect(model, layers, calibration, forward_fn, progress)
+    given = {criterion.statistic: statistics[criterion.statistic]} if criterion.statistic else {}
+    worker = Pruner(layers, pruner, kernels=kernels, dense_copies=dense_copies, **given)
     try:
         score = None
         if method == "search" or callable(fitness):
@@ -238,8 +260,14 @@ def prune(
                 worker.sizes, target, level_set, sensitivity=sensitivity, fitness=score, groups=groups,
                 max_level=max_level, method=method, settings=settings, progress=progress, names=names,
             )
-        with stage("applying the plan"):
-            worker.apply(result)
+        if sequential:
+            with stage("applying the plan block by block on the pruned model's activations"):
+                worker.restore()
+                apply_sequential(model, layers, result.layer_levels, calibration, block_groups(names),
+                                 forward_fn=forward_fn)
+        else:
+            with stage("applying the plan"):
+                worker.apply(result)
     except BaseException:
         worker.restore()
         raise

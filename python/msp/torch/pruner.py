@@ -2,7 +2,8 @@
 ``apply_plan`` (once).
 
 The pruning criterion is ``pruner=``: ``"magnitude"`` scores ``|w|``, ``"wanda"`` scores
-``|w| * ||x_col||`` with the activation norms of ``msp.torch.activation_norms``::
+``|w| * ||x_col||`` with the activation norms of ``msp.torch.activation_norms``, ``"sparsegpt"``
+runs SparseGPT's sweep (``msp.OBS``) with the Gram matrices of ``msp.torch.gram_matrices``::
 
     layers = linear_layers(model)                          # {name: nn.Linear}
     norms = activation_norms(model, layers, calibration)   # Wanda's per-input-column norms
@@ -10,6 +11,14 @@ The pruning criterion is ``pruner=``: ``"magnitude"`` scores ``|w|``, ``"wanda"`
     pruner.apply(plan)                                     # any plan, quickly and repeatedly
     pruner.restore()                                       # bit-identical dense weights again
     apply_plan(layers, plan, pruner="wanda", norms=norms)  # once, without the dense copies
+
+    grams = gram_matrices(model, layers, calibration)      # SparseGPT's H = sum x x^T per input
+    pruner = Pruner(layers, pruner="sparsegpt", grams=grams, cache_dir="sgpt-db")
+    pruner.build(levels)                                   # the search's database, all at once
+
+Both prune with the statistics they are given, i.e. one shot from the dense model's activations
+(``msp.torch.gram_matrices`` on the dense model); neither re-collects statistics on the pruned
+model.
 
 Weights may live on any device: the native kernels prune CPU weights, torch operations on the
 weight's own device prune the others, with the same masks bit for bit (``kernels=``, see
@@ -31,174 +40,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._convert import scope as scope_code
 from .._deprecation import deprecated, renamed
+from .._progress import Progress
 from ..levels import Level
-from ..plans import Plan
-from .criteria import CRITERIA, Criterion, criterion_for, is_dense
-from .kernels import check_kernels, uses_native
-from .layers import is_hf_conv1d, layer_weights
+from .criteria import CRITERIA, is_dense
+from .database import Database, digest_of
+from .records import (
+    LayerRecord,
+    check_finite,
+    check_weight,
+    prepare_layers,
+    prune_layer,
+    resolve_plan,
+)
 
 __all__ = ["Pruner", "apply_plan", "PRUNERS", "DENSE_COPIES"]
 
 PRUNERS = tuple(CRITERIA)
-"""The pruning criteria: ``|w|`` (magnitude) or ``|w| * ||x_col||`` (Wanda)."""
+"""The pruning criteria: ``|w|`` (magnitude), ``|w| * ||x_col||`` (Wanda) or SparseGPT's sweep."""
 
 DENSE_COPIES = ("device", "host")
 """Where a :class:`Pruner` keeps its dense copies and cache: each weight's own device, or host memory."""
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _METHOD_NOTE = " (method= names the planning method of msp.plan and msp.torch.prune)"
-
-
-class _Layer:
-    """One prunable layer: its weight parameter and what pruning it needs."""
-
-    __slots__ = ("name", "module", "weight", "rows", "cols", "native", "state", "dense", "level", "version")
-
-    def __init__(self, name: str, module: nn.Module, weight: torch.Tensor) -> None:
-        self.name, self.module, self.weight = name, module, weight
-        self.rows, self.cols = (int(weight.shape[0]), int(weight.shape[1])) if weight.dim() == 2 else (0, 0)
-        self.native = True  # pruned by the native kernels (else torch operations on its device)
-        self.state: Any = None  # the criterion's per-layer state (e.g. Wanda's column scale)
-        self.dense: torch.Tensor | None = None
-        self.level: Level | None = None  # what the weight holds now (None = dense)
-        self.version = -1
-
-
-def _check_weight(layer: _Layer, kernels: str) -> None:
-    """Raise unless the layer's weight can be pruned in place under ``kernels``; set
-    ``layer.native``: whether the native kernels prune it (else torch operations on its device)."""
-    w, name = layer.weight, layer.name
-    if getattr(layer.module, "weight", None) is not w:
-        raise ValueError(f"layer {name!r}: its .weight was replaced after the Pruner was made; make a new Pruner")
-    if is_hf_conv1d(layer.module):
-        raise TypeError(
-            f"layer {name!r} is a Hugging Face Conv1D whose weight is [in_features, out_features], the transpose "
-            f"of nn.Linear's; msp does not guess the layout: convert it to nn.Linear"
-        )
-    if w.dim() != 2:
-        raise ValueError(f"layer {name!r} has a {w.dim()}-D weight; msp prunes 2-D [out_features, in_features] weights")
-    if w.layout != torch.strided:
-        raise ValueError(f"layer {name!r} has a {w.layout} weight; msp prunes dense (strided) weights")
-    if w.dtype not in _DTYPES:
-        raise ValueError(f"layer {name!r} has a {w.dtype} weight; msp prunes float32, float16 or bfloat16 weights")
-    native = uses_native(w, kernels)
-    if native and w.device.type != "cpu":
-        raise ValueError(
-            f"layer {name!r} has its weight on {w.device}; kernels='native' prunes CPU weights only (the "
-            f"default kernels='auto' prunes it on its device with torch operations, giving the same masks)"
-        )
-    if w.is_meta:
-        raise ValueError(f"layer {name!r} has its weight on the meta device (no data); load the weights first")
-    if native and not w.is_contiguous():
-        raise ValueError(
-            f"layer {name!r} has a non-contiguous weight (strides {tuple(w.stride())}); in-place pruning never "
-            f"copies: make it contiguous first (module.weight.data = module.weight.data.contiguous())"
-        )
-    layer.native = native
-
-
-def _check_finite(layer: _Layer) -> None:
-    if not bool(torch.isfinite(layer.weight.detach()).all()):
-        raise ValueError(f"layer {layer.name!r} has a non-finite weight (NaN or inf); msp will not rank it")
-
-
-def check_pruner(pruner: Any) -> Criterion:
-    """The criterion named ``pruner``; ``ValueError`` unless it is one of :data:`PRUNERS`."""
-    return criterion_for(pruner)
-
-
-def prepare_layers(layers: Any, pruner: str = "magnitude", norms: Any = None, scope: str = "row",
-                   kernels: str = "auto") -> list[_Layer]:
-    """Validate layers, criterion, its statistic, scope and kernels; return the layer records
-    (no weight touched)."""
-    criterion = check_pruner(pruner)
-    scope_code(scope)
-    check_kernels(kernels)
-    records = [_Layer(name, module, weight) for name, module, weight in layer_weights(layers)]
-    for layer in records:
-        _check_weight(layer, kernels)
-    statistics = {"norms": norms}
-    for key, value in statistics.items():
-        if value is not None and key != criterion.statistic:
-            users = [c.name for c in CRITERIA.values() if c.statistic == key]
-            raise ValueError(f"{key} are the statistic of pruner={users[0]!r}; pruner={criterion.name!r} does not "
-                             f"use them")
-    if criterion.statistic is not None:
-        values = _per_layer(statistics[criterion.statistic], records, criterion)
-        for layer, value in zip(records, values):
-            layer.state = criterion.prepare(layer.name, layer.weight, value)
-    return records
-
-
-def _per_layer(value: Any, records: list[_Layer], criterion: Criterion) -> list[Any]:
-    """A criterion's statistic, one entry per layer, from ``{name: value}`` or a list in layer order."""
-    key = criterion.statistic
-    if value is None:
-        raise ValueError(
-            f"pruner={criterion.name!r} needs {key}: {key} = {criterion.collector}"
-        )
-    if isinstance(value, Mapping):
-        missing = [r.name for r in records if r.name not in value]
-        if missing:
-            raise ValueError(f"{key} has no entry for layer(s) {', '.join(repr(n) for n in missing[:4])}")
-        return [value[r.name] for r in records]
-    values = list(value)
-    if len(values) != len(records):
-        raise ValueError(f"{key} has {len(values)} entries for {len(records)} layers")
-    return values
-
-
-def _resolve(plan: Any, records: list[_Layer]) -> list[Level]:
-    """The level of every layer from a plan; raise before anything is written if it does not fit."""
-    names = [r.name for r in records]
-    if isinstance(plan, Plan):
-        if plan.num_layers != len(records):
-            raise ValueError(f"the plan has {plan.num_layers} layers but {len(records)} layers were given")
-        for i, (size, layer) in enumerate(zip(plan.sizes, records)):
-            if size != layer.weight.numel():
-                raise ValueError(
-                    f"the plan's layer {i} has {size} parameters but layer {layer.name!r} has {layer.weight.numel()}; "
-                    f"the plan was made for other layers (or another order)"
-                )
-        if plan.names is not None and plan.names != names:
-            i = next(k for k, (a, b) in enumerate(zip(plan.names, names)) if a != b)
-            raise ValueError(
-                f"the plan's layer {i} is named {plan.names[i]!r} but the layer given there is {names[i]!r}; "
-                f"the plan was made for other layers (or another order)"
-            )
-        levels = plan.layer_levels
-    elif isinstance(plan, Mapping):
-        missing = [n for n in names if n not in plan]
-        extra = [n for n in plan if n not in set(names)]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"no level for {len(missing)} layer(s) ({', '.join(repr(n) for n in missing[:3])}...)")
-            if extra:
-                parts.append(f"unknown name(s) {', '.join(repr(n) for n in extra[:3])}")
-            raise ValueError("the plan's names do not match the layers: " + "; ".join(parts))
-        levels = [Level.parse(plan[n]) for n in names]
-    elif isinstance(plan, Iterable) and not isinstance(plan, (str, bytes)):
-        levels = [Level.parse(level) for level in plan]
-        if len(levels) != len(records):
-            raise ValueError(f"the plan has {len(levels)} levels but {len(records)} layers were given")
-    else:
-        raise TypeError(f"a plan is a msp.Plan, a {{name: level}} dict or a list of levels; got {type(plan).__name__}")
-    for layer, level in zip(records, levels):
-        if level.m and level.n < level.m and layer.cols % level.m != 0:
-            raise ValueError(
-                f"layer {layer.name!r} has in_features = {layer.cols}, not divisible by M = {level.m} of its level "
-                f"{level}; give it an unstructured or dense level, or bound it (msp.plan max_level=...)"
-            )
-    return levels
-
-
-def _prune(layer: _Layer, criterion: Criterion, level: Level, scope: str, return_mask: bool) -> Any:
-    """Prune the layer's weight in place to ``level`` (the caller holds ``torch.no_grad()``)."""
-    w = layer.weight.detach()  # shares the version counter: every write is recorded
-    return criterion.prune_(w, level, layer.state, scope, layer.native, return_mask)
 
 
 # --- the Pruner ------------------------------------------------------------------------------------
@@ -227,7 +91,17 @@ class Pruner:
       written since (its autograd version counter is unchanged) is skipped;
     - the pruned weights of each (layer, level) pair are kept in a cache of at most ``cache_bytes``
       (least recently used pairs are dropped first), so a layer returning to a level it held
-      before is one memory copy instead of a new ranking.
+      before is one memory copy instead of a new ranking. With ``cache_dir`` the pairs are also
+      kept on disk, where a later Pruner over the same dense weights, statistics and settings
+      finds them (``msp.torch.database``: keyed by a hash of all of them; a stale or corrupted
+      file is never used).
+
+    For SparseGPT that cache is the search's database: every (layer, level) pair costs one
+    sweep, after which a candidate plan is assembled by copies. It fills lazily, as plans are
+    applied, or all at once with :meth:`build` (with a progress bar). Each distinct Gram matrix is
+    factorised once, when first needed, and reused for all its layers and levels. Size it to hold
+    the database (about the weights' bytes once per level; e.g. 0.42 GB per level for
+    SmolLM2-135M's 210 layers in float32), or give ``cache_dir`` and let the disk hold the rest.
 
     Writes that bypass the version counter (``weight.data.copy_(...)``) are not seen: call
     ``restore()`` or ``apply(plan, incremental=False)`` after those.
@@ -246,17 +120,29 @@ class Pruner:
             be 2-D ``[out_features, in_features]`` float32/float16/bfloat16 tensors on any device
             but ``meta``, finite, and contiguous where the native kernels prune them; no two names
             may share a weight.
-        pruner: the pruning criterion, ``"magnitude"`` (score ``|w|``) or ``"wanda"`` (score
-            ``|w| * norms[col]``).
-        norms: Wanda's activation norms, ``{name: [in_features]}`` (``activation_norms``) or one
-            per layer in order; only with ``pruner="wanda"``.
-        scope: comparison group of unstructured levels: ``"row"`` (Wanda's, the default: every
-            row pruned to the sparsity) or ``"layer"`` (the whole matrix).
+        pruner: the pruning criterion, ``"magnitude"`` (score ``|w|``), ``"wanda"`` (score
+            ``|w| * norms[col]``) or ``"sparsegpt"`` (SparseGPT's sweep with ``grams``).
+        norms: Wanda's activation norms, ``{name: [in_features]}`` (``activation_norms``, or
+            ``grams.norms()`` from the same pass as the Gram matrices) or one per layer in order;
+            only with ``pruner="wanda"``.
+        grams: SparseGPT's Gram matrices of the layers' inputs, ``{name: [in_features,
+            in_features]}`` (``gram_matrices``; layers mapped to the same tensor share one
+            factorisation) or one per layer in order; only with ``pruner="sparsegpt"``.
+        damp: SparseGPT's dampening, ``damp * mean(diag H)`` added to the diagonal (default 0.01).
+        block: SparseGPT's columns per block (default 128): unstructured levels prune exactly
+            ``round(sparsity * rows * width)`` weights of each block of columns, all rows together.
+        scope: comparison group of unstructured levels of magnitude and Wanda: ``"row"`` (Wanda's,
+            the default: every row pruned to the sparsity) or ``"layer"`` (the whole matrix);
+            SparseGPT has its own rule (``block``).
         cache_bytes: memory for cached pruned weights (default 2 GiB; 0 = no cache). The dense
             copies (the size of the layers' weights) come on top.
+        cache_dir: None (default), or a folder where the cached pruned weights are also written
+            and looked up (see above; created when missing).
         kernels: ``"auto"`` (native kernels for CPU weights, torch operations on the weight's
             device otherwise), ``"native"`` (CPU weights only) or ``"torch"`` (torch operations
             everywhere; the same masks). Decided at every ``apply`` from where each weight is then.
+            SparseGPT always runs the native solver on the host: under ``"torch"`` or for a weight
+            off the CPU (or not contiguous) it prunes a host copy and copies it back.
         dense_copies: where the dense copies and the cache of pruned weights live: ``"device"``
             (default: each weight's own device; fastest, and the GPU memory of the weights once
             more) or ``"host"`` (CPU memory, pinned for CUDA weights; every restore and cache hit
@@ -272,16 +158,17 @@ class Pruner:
     """
 
     def __init__(self, layers: Mapping[str, nn.Module], pruner: str = "magnitude", norms: Any = None,
-                 *, scope: str = "row", cache_bytes: int = 2 << 30, kernels: str = "auto",
+                 *, grams: Any = None, damp: float = 0.01, block: int = 128, scope: str = "row",
+                 cache_bytes: int = 2 << 30, cache_dir: Any = None, kernels: str = "auto",
                  dense_copies: str = "device", method: str | None = None) -> None:
         pruner = renamed("Pruner", "method", method, "pruner", pruner, "magnitude", _METHOD_NOTE)
         if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
             raise ValueError(f"cache_bytes must be an integer >= 0, got {cache_bytes!r}")
         if dense_copies not in DENSE_COPIES:
             raise ValueError(f"dense_copies must be 'device' or 'host', got {dense_copies!r}")
-        records = prepare_layers(layers, pruner, norms, scope, kernels)
+        records = prepare_layers(layers, pruner, norms, scope, kernels, grams, damp, block)
         for layer in records:
-            _check_finite(layer)
+            check_finite(layer)
         self._dense_copies = dense_copies
         with torch.no_grad():
             for layer in records:
@@ -290,9 +177,8 @@ class Pruner:
         self._layers = records
         self._criterion = CRITERIA[pruner]
         self._kernels = kernels
-        self._cache: OrderedDict[tuple[int, Level], torch.Tensor] = OrderedDict()
-        self._cache_limit = cache_bytes
-        self._cached = 0
+        self._db = Database(cache_bytes, self._keep, cache_dir)
+        self._keys: dict[int, bytes] = {}  # layer index -> digest of its dense weight and criterion state
         self.pruner = pruner
         self.scope = scope
 
@@ -336,43 +222,83 @@ class Pruner:
     @property
     def cached_bytes(self) -> int:
         """Bytes held by cached pruned weights now."""
-        return self._cached
+        return self._db.bytes
+
+    @property
+    def database(self) -> Database:
+        """The cache of pruned weights (``msp.torch.database.Database``: ``bytes``,
+        ``disk_hits``, ``rejected``, ``cache_dir``)."""
+        return self._db
+
+    def _key(self, index: int, level: Level) -> bytes:
+        """The disk key of (layer, level)."""
+        base = self._keys.get(index)
+        if base is None:
+            layer = self._layers[index]
+            base = self._keys[index] = digest_of(layer.dense, self._criterion.digest(layer.state, self.scope))
+        return digest_of(base, str(level))
 
     def _validate(self) -> None:
         """Check every layer again (and where each is pruned, from its device now)."""
         for layer in self._layers:
             if layer.dense is None:
                 raise RuntimeError("this Pruner was closed (its dense copies were released)")
-            _check_weight(layer, self._kernels)
+            check_weight(layer, self._kernels)
             if layer.weight.shape != layer.dense.shape or layer.weight.dtype != layer.dense.dtype:
                 raise ValueError(f"layer {layer.name!r}: its weight changed shape or dtype since the Pruner was made")
 
-    def _current(self, layer: _Layer) -> bool:
+    def _current(self, layer: LayerRecord) -> bool:
         """True when the layer's weight is exactly as this Pruner last left it."""
         return layer.weight._version == layer.version
 
-    def _set(self, index: int, layer: _Layer, level: Level) -> None:
+    def _set(self, index: int, layer: LayerRecord, level: Level) -> None:
         """Write ``level`` of the layer into its weight (the caller holds ``torch.no_grad()``)."""
         w = layer.weight.detach()  # shares the version counter: every write below is recorded
         if is_dense(level):
             w.copy_(layer.dense)
             return
-        key = (index, level)
-        cached = self._cache.get(key)
+        key = (lambda: self._key(index, level))
+        cached = self._db.get(index, level, key, w)
         if cached is not None:
-            self._cache.move_to_end(key)
             w.copy_(cached)
             return
         w.copy_(layer.dense)
-        _prune(layer, self._criterion, level, self.scope, False)
-        size = w.numel() * w.element_size()
-        if size > self._cache_limit:
-            return
-        while self._cached + size > self._cache_limit:
-            _, dropped = self._cache.popitem(last=False)
-            self._cached -= dropped.numel() * dropped.element_size()
-        self._cache[key] = self._keep(w)
-        self._cached += size
+        prune_layer(layer, self._criterion, level, self.scope, False)
+        self._db.put(index, level, key, w)
+
+    def build(self, levels: Iterable[Any], *, progress: bool = True) -> None:
+        """Fill the cache with every layer at every one of ``levels`` now (the search's database)
+        instead of as plans are applied; pairs already in memory or on disk are not pruned again.
+        The weights are left dense. Layers whose ``in_features`` a level's M does not divide skip
+        that level (a plan cannot give it to them). Layers sharing a Gram matrix are built one
+        after another and its factorisation released after them (SparseGPT).
+
+        Args:
+            levels: the levels (as for a plan: ``msp.Level``, ``"2:8"``, ``"70%"``, ...).
+            progress: show a progress bar over the layers.
+        """
+        wanted = [Level.parse(level) for level in levels]
+        wanted = [level for level in dict.fromkeys(wanted) if not is_dense(level)]
+        self._validate()
+        self.restore()
+        bar = Progress(f"msp {self.pruner} database", len(self._layers), "layers", progress)
+        try:
+            with torch.no_grad():
+                for index, layer in enumerate(self._layers):
+                    for level in wanted:
+                        if not (level.m and layer.cols % level.m) and not self._db.held(index, level):
+                            self._set(index, layer, level)
+                    layer.weight.detach().copy_(layer.dense)
+                    layer.version = layer.weight._version
+                    state = layer.state
+                    if hasattr(state, "close") and all(other.state is not state for other in self._layers[index + 1:]):
+                        state.close()
+                    bar.advance()
+        except BaseException:
+            self.restore()
+            raise
+        finally:
+            bar.close()
 
     def apply(self, plan: Any, *, incremental: bool = True) -> None:
         """Set every layer in place to its planned level.
@@ -392,7 +318,7 @@ class Pruner:
             If the library fails part-way (it should not: the weights were checked), every layer
             is restored to dense before the error propagates.
         """
-        levels = _resolve(plan, self._layers)
+        levels = resolve_plan(plan, self._layers)
         self._validate()
         try:
             with torch.no_grad():
@@ -432,21 +358,22 @@ class Pruner:
             self.restore()
 
     def clear_cache(self) -> None:
-        """Drop the cached pruned weights (the dense copies stay)."""
-        self._cache.clear()
-        self._cached = 0
+        """Drop the cached pruned weights held in memory (the dense copies and files on disk stay)."""
+        self._db.clear()
 
     def close(self) -> None:
-        """Release the dense copies and the cache (the weights stay as they are); the Pruner
-        cannot be used after."""
+        """Release the dense copies, the cache and SparseGPT's factorisations (the weights stay as
+        they are); the Pruner cannot be used after."""
         self.clear_cache()
         for layer in self._layers:
             layer.dense = None
+            if hasattr(layer.state, "close"):
+                layer.state.close()
 
     def __repr__(self) -> str:
         pruned = sum(layer.level is not None for layer in self._layers)
         return (f"<msp Pruner {self.pruner}, {len(self._layers)} layers, {pruned} pruned now, "
-                f"{self._cached / 2**20:.0f} MiB cached>")
+                f"{self._db.bytes / 2**20:.0f} MiB cached>")
 
 
 def apply_plan(
@@ -455,6 +382,9 @@ def apply_plan(
     pruner: str = "magnitude",
     norms: Any = None,
     *,
+    grams: Any = None,
+    damp: float = 0.01,
+    block: int = 128,
     scope: str = "row",
     return_masks: bool = False,
     kernels: str = "auto",
@@ -462,11 +392,13 @@ def apply_plan(
 ) -> "OrderedDict[str, torch.Tensor] | None":
     """Prune every layer in place to its planned level, once (no dense copy is kept).
 
-    The one-shot form of ``Pruner(layers, pruner, norms).apply(plan)``: same plans, same masks,
-    without the memory for restoring.
+    The one-shot form of ``Pruner(layers, pruner, norms, grams=...).apply(plan)``: same plans, same
+    masks, same weights, without the memory for restoring. SparseGPT prunes with the Gram matrices
+    given (one shot: typically the dense model's, from ``gram_matrices``), one factorisation per
+    distinct matrix, released after its last layer.
 
     Args:
-        layers, pruner, norms, scope, kernels: as for :class:`Pruner`.
+        layers, pruner, norms, grams, damp, block, scope, kernels: as for :class:`Pruner`.
         plan: as for :meth:`Pruner.apply`.
         return_masks: also return ``{name: bool keep mask}`` (True = kept), each on the device
             where its layer was pruned (the CPU for the native kernels, else the weight's device).
@@ -477,18 +409,23 @@ def apply_plan(
 
     Raises:
         TypeError, ValueError: as for :class:`Pruner` and :meth:`Pruner.apply`, before any weight
-            is written (non-finite weights included).
+            is written (non-finite weights included). One exception: SparseGPT finds a Gram matrix
+            that is not positive definite after damping (``msp.InvalidArgumentError``, suggesting
+            a larger ``damp``) only when it factorises it, at its first layer; the layers before
+            are pruned by then (a :class:`Pruner` restores them).
     """
     pruner = renamed("apply_plan", "method", method, "pruner", pruner, "magnitude", _METHOD_NOTE)
-    records = prepare_layers(layers, pruner, norms, scope, kernels)
+    records = prepare_layers(layers, pruner, norms, scope, kernels, grams, damp, block)
     criterion = CRITERIA[pruner]
-    levels = _resolve(plan, records)
+    levels = resolve_plan(plan, records)
     for layer in records:
-        _check_finite(layer)
+        check_finite(layer)
     masks: OrderedDict[str, torch.Tensor] = OrderedDict()
     with torch.no_grad():
-        for layer, level in zip(records, levels):
-            mask = _prune(layer, criterion, level, scope, return_masks)
+        for index, (layer, level) in enumerate(zip(records, levels)):
+            mask = prune_layer(layer, criterion, level, scope, return_masks)
             if return_masks:
                 masks[layer.name] = mask
+            if hasattr(layer.state, "close") and all(r.state is not layer.state for r in records[index + 1:]):
+                layer.state.close()
     return masks if return_masks else None
