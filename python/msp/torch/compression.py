@@ -35,7 +35,7 @@ from ..packed import nm_pack
 from .kernels import check_kernels
 from .layers import layer_weights, linear_layers
 from .packed_linear import PackedLinear
-from .pruner import _Layer, _resolve
+from .records import LayerRecord, resolve_plan
 
 __all__ = ["compress", "UNSTRUCTURED_M"]
 
@@ -45,7 +45,7 @@ UNSTRUCTURED_M = 32
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _check_layer(layer: _Layer) -> None:
+def _check_layer(layer: LayerRecord) -> None:
     module, w = layer.module, layer.weight
     if not isinstance(module, nn.Linear):
         raise TypeError(f"layer {layer.name!r} is a {type(module).__name__}; compress replaces nn.Linear layers")
@@ -60,7 +60,7 @@ def _nonzeros(w: torch.Tensor, m: int) -> torch.Tensor:
     return (w != 0).reshape(w.shape[0], -1, m).sum(-1)
 
 
-def _pattern(layer: _Layer, level: Level) -> tuple[int, int] | None:
+def _pattern(layer: LayerRecord, level: Level) -> tuple[int, int] | None:
     """The ``(n, m)`` the layer is packed at, or None when it stays dense; raises ``ValueError``
     when its weight is not pruned to ``level``."""
     w = layer.weight.detach()
@@ -94,7 +94,7 @@ def _pattern(layer: _Layer, level: Level) -> tuple[int, int] | None:
     return (k, m) if k < m and packed_bytes < rows * cols * element else None
 
 
-def _places(model: nn.Module, records: list[_Layer]) -> dict[int, list[tuple[nn.Module, str]]]:
+def _places(model: nn.Module, records: list[LayerRecord]) -> dict[int, list[tuple[nn.Module, str]]]:
     """Where each layer's module sits in ``model``: ``{id(module): [(parent, attribute)]}``."""
     places: dict[int, list[tuple[nn.Module, str]]] = {id(r.module): [] for r in records}
     for parent in model.modules():
@@ -132,10 +132,10 @@ def compress(model: nn.Module, plan: Any, layers: Mapping[str, nn.Module] | None
     """
     check_kernels(kernels)
     layers = linear_layers(model) if layers is None else layers
-    records = [_Layer(name, module, weight) for name, module, weight in layer_weights(layers)]
+    records = [LayerRecord(name, module, weight) for name, module, weight in layer_weights(layers)]
     for record in records:
         _check_layer(record)
-    levels = _resolve(plan, records)
+    levels = resolve_plan(plan, records)
     places = _places(model, records)
     patterns = [(record, _pattern(record, level)) for record, level in zip(records, levels)]
     modules = []
