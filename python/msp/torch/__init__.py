@@ -14,6 +14,8 @@ concerns:
 - ``msp.torch.device_fisher``: Fisher sums on a torch device, bit-identical to the native ones;
 - ``msp.torch.pruner``: ``Pruner``, ``apply_plan`` (the pruning criterion is ``pruner=``);
 - ``msp.torch.pipeline``: ``prune``, the whole pipeline in one call;
+- ``msp.torch.staging``: the search inside ``prune``: staged fidelity on token prefixes and
+  checkpoints that resume;
 - ``msp.torch.evaluation``: ``perplexity``, ``kl_to_dense``, ``reference_logits``, ``TopK``;
 - ``msp.torch.forward``: the device and forward utilities they share.
 
