@@ -16,6 +16,7 @@ Variants (``--phases`` runs them in the order given; every result is one JSON li
 ``--out/search_quality.jsonl`` as soon as it is measured, and a rerun skips what the file holds, so a
 partial run is usable and an interrupted one resumes):
 
+- ``uniform`` (always) and ``prior``: the uniform plan and the Fisher prior's, without a search;
 - ``previous``: ``surrogate_candidates=0, pair_rate=0`` (the settings before issue 17);
 - ``current``: the library's defaults;
 - ``proxy``: the defaults plus one proxy table, every layer's ``msp.cost_table`` energy (Wanda's
@@ -53,6 +54,7 @@ VARIANTS = {
     "proxy": {},
     "staged": dict(fidelity_levels=2, fidelity_keep=0.25),
 }
+FIXED = ("uniform", "prior")  # plans without a search (budget 0 in the file)
 SEARCH = dict(generations=1000, offspring=8, survivors=4)  # generations: a bound never reached here
 FITNESS_TOKENS = 256  # 2 x 128, the demo's
 STAGED_TOKENS = (128, 512)  # cheap, full
@@ -212,20 +214,22 @@ class Record:
 
 
 def table(record: Record) -> str:
+    """Held-out perplexity over uniform's, mean over the seeds measured (their count in brackets),
+    one row per target and plan, one column per budget (staged: the cost of 80 evaluations)."""
     uniform = {(r["seed"], r["target"]): r["ppl"] for r in record.rows if r["variant"] == "uniform"}
-    lines = ["held-out perplexity relative to uniform Wanda (mean over seeds; per seed in brackets)", ""]
-    lines.append(f"{'target':<18} {'plan':<10} {'evaluations':>11}  ratio")
+    cells: dict[tuple, list[float]] = {}
+    for r in record.rows:
+        if (r["seed"], r["target"]) in uniform:
+            cells.setdefault((r["target"], r["variant"], r["budget"]), []).append(r["ppl"] / uniform[r["seed"], r["target"]])
+    columns = (0, 40, 80, 160)
+    lines = ["held-out perplexity / uniform Wanda's, mean over seeds (seeds measured)", "",
+             f"{'target':<18} {'plan':<10}" + "".join(f"{'no search' if b == 0 else f'{b} evals':>16}" for b in columns)]
     for key, title, _, _ in TARGETS:
-        cells = {}
-        for r in record.rows:
-            if r["target"] == key and (r["seed"], key) in uniform:
-                cells.setdefault((r["variant"], r["budget"]), []).append((r["seed"], r["ppl"] / uniform[r["seed"], key]))
-        for (variant, budget), values in sorted(cells.items(), key=lambda kv: (list(VARIANTS).index(kv[0][0])
-                                                                              if kv[0][0] in VARIANTS else -1, kv[0][1])):
-            values.sort()
-            per_seed = ", ".join(f"{v:.3f}" for _, v in values)
-            mean = statistics.fmean(v for _, v in values)
-            lines.append(f"{title:<18} {variant:<10} {budget:>11}  {mean:.3f}  [{per_seed}] ({len(values)} seeds)")
+        for variant in (*FIXED, *VARIANTS):
+            row = [cells.get((key, variant, b)) for b in columns]
+            if any(row):
+                lines.append(f"{title:<18} {variant:<10}" + "".join(
+                    f"{f'{statistics.fmean(v):.3f} ({len(v)})':>16}" if v else f"{'':>16}" for v in row))
     return "\n".join(lines)
 
 
@@ -234,8 +238,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="out", help="folder of search_quality.jsonl and the checkpoints")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--targets", default="unstructured,nm8")
-    parser.add_argument("--phases", default="previous,current,staged,previous-160,current-160",
-                        help="variants in order: previous, current, proxy, staged; '<variant>-160' goes on to 160")
+    parser.add_argument("--phases", default="prior,previous,current,staged,previous-160,current-160",
+                        help="variants in order: previous, current, proxy, staged; '<variant>-160' goes on to 160; "
+                             "prior: the Fisher prior's plan (msp.plan(method='prior'))")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table", action="store_true", help="print the table of what the file holds and stop")
     args = parser.parse_args(argv)
@@ -266,15 +271,22 @@ def main(argv=None) -> int:
             cache[seed] = Seeded(model, tokenizer, texts, layers, seed)
         return cache[seed].open()
 
+    fixed = ("uniform",) + (("prior",) if "prior" in args.phases.split(",") else ())
     for seed in [int(s) for s in args.seeds.split(",")]:
+        if all(record.has(seed, key, kind, 0) for kind in fixed for key, _, _, _ in targets):
+            continue
         seeded = seeded_for(seed)
         for key, _, target, kind in targets:
-            if not record.has(seed, key, "uniform", 0):
-                plan = msp.plan(seeded.pruner.sizes, target, demo.level_set(kind), method="uniform")
-                record.add(seed, key, "uniform", 0, held_out(seeded, evaluation, plan), plan, 0, 0.0)
+            for method in fixed:
+                if not record.has(seed, key, method, 0):
+                    plan = msp.plan(seeded.pruner.sizes, target, demo.level_set(kind), seeded.sensitivity,
+                                    method=method)
+                    record.add(seed, key, method, 0, held_out(seeded, evaluation, plan), plan, 0, 0.0)
         seeded.close()
     for phase in args.phases.split(","):
         variant, _, extend = phase.partition("-")
+        if variant == "prior":
+            continue
         for seed in [int(s) for s in args.seeds.split(",")]:
             seeded = None
             for key, _, target, kind in targets:
