@@ -213,15 +213,27 @@ class Record:
         log(f"seed {seed} {key} {variant} @{budget}: held-out perplexity {ppl:.2f} ({seconds:.0f} s)")
 
 
-def table(record: Record) -> str:
-    """Held-out perplexity over uniform's, mean over the seeds measured (their count in brackets),
-    one row per target and plan, one column per budget (staged: the cost of 80 evaluations)."""
+def table(record: Record, markdown: bool = False) -> str:
+    """Held-out perplexity over uniform's, mean over the seeds measured (their count in brackets;
+    with ``markdown`` each seed's value, seeds in order), one row per target and plan, one column
+    per budget (staged: the cost of 80 evaluations)."""
     uniform = {(r["seed"], r["target"]): r["ppl"] for r in record.rows if r["variant"] == "uniform"}
     cells: dict[tuple, list[float]] = {}
     for r in record.rows:
         if (r["seed"], r["target"]) in uniform:
-            cells.setdefault((r["target"], r["variant"], r["budget"]), []).append(r["ppl"] / uniform[r["seed"], r["target"]])
+            cells.setdefault((r["target"], r["variant"], r["budget"]), []).append(
+                (r["seed"], r["ppl"] / uniform[r["seed"], r["target"]]))
     columns = (0, 40, 80, 160)
+    if markdown:
+        lines = ["| target | plan | no search | 40 | 80 | 160 evaluations |", "|---|---|---|---|---|---|"]
+        for key, title, _, _ in TARGETS:
+            for variant in (*FIXED, *VARIANTS):
+                row = [sorted(cells.get((key, variant, b), [])) for b in columns]
+                if any(row):
+                    lines.append(f"| {title} | {variant} | " + " | ".join(
+                        f"{statistics.fmean(v for _, v in c):.3f} ({', '.join(f'{v:.3f}' for _, v in c)})" if c else ""
+                        for c in row) + " |")
+        return "\n".join(lines)
     lines = ["held-out perplexity / uniform Wanda's, mean over seeds (seeds measured)", "",
              f"{'target':<18} {'plan':<10}" + "".join(f"{'no search' if b == 0 else f'{b} evals':>16}" for b in columns)]
     for key, title, _, _ in TARGETS:
@@ -229,7 +241,7 @@ def table(record: Record) -> str:
             row = [cells.get((key, variant, b)) for b in columns]
             if any(row):
                 lines.append(f"{title:<18} {variant:<10}" + "".join(
-                    f"{f'{statistics.fmean(v):.3f} ({len(v)})':>16}" if v else f"{'':>16}" for v in row))
+                    f"{f'{statistics.fmean(v for _, v in c):.3f} ({len(c)})':>16}" if c else f"{'':>16}" for c in row))
     return "\n".join(lines)
 
 
@@ -243,12 +255,13 @@ def main(argv=None) -> int:
                              "prior: the Fisher prior's plan (msp.plan(method='prior'))")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table", action="store_true", help="print the table of what the file holds and stop")
+    parser.add_argument("--markdown", action="store_true", help="with --table: a Markdown table with every seed")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = Record(out / "search_quality.jsonl")
     if args.table:
-        print(table(record))
+        print(table(record, args.markdown))
         return 0
     real_model.ensure_installed()
     import msp
