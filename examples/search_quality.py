@@ -81,7 +81,8 @@ class Seeded:
         self.norms = activation_norms(model, layers, calibration)
         self.pruner = None
         # The full fitness tokens; the single-fidelity fitness and the cheap level use a prefix.
-        self.batches = real_model.token_batches(tokenizer, calibration_text, STAGED_TOKENS[-1] // SEQ, SEQ, 2 * seed + 1)
+        count = STAGED_TOKENS[-1] // SEQ
+        self.batches = real_model.token_batches(tokenizer, calibration_text, count, SEQ, 2 * seed + 1)
         self.reference = reference_logits(model, self.batches)
         self.tokens = 0  # forward tokens of every fitness evaluation so far
 
@@ -198,10 +199,12 @@ class Record:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        lines = path.read_text().splitlines() if path.is_file() else []
+        self.rows = [json.loads(line) for line in lines if line.strip()]
 
     def has(self, seed, key, variant, budget) -> bool:
-        return any((r["seed"], r["target"], r["variant"], r["budget"]) == (seed, key, variant, budget) for r in self.rows)
+        wanted = (seed, key, variant, budget)
+        return any((r["seed"], r["target"], r["variant"], r["budget"]) == wanted for r in self.rows)
 
     def add(self, seed, key, variant, budget, ppl, plan, tokens, seconds, **extra) -> None:
         row = dict(seed=seed, target=key, variant=variant, budget=budget, ppl=ppl, tokens=tokens,
@@ -235,7 +238,7 @@ def table(record: Record, markdown: bool = False) -> str:
                         for c in row) + " |")
         return "\n".join(lines)
     lines = ["held-out perplexity / uniform Wanda's, mean over seeds (seeds measured)", "",
-             f"{'target':<18} {'plan':<10}" + "".join(f"{'no search' if b == 0 else f'{b} evals':>16}" for b in columns)]
+             f"{'target':<18} {'plan':<10}" + "".join(f"{f'{b} evals' if b else 'no search':>16}" for b in columns)]
     for key, title, _, _ in TARGETS:
         for variant in (*FIXED, *VARIANTS):
             row = [cells.get((key, variant, b)) for b in columns]

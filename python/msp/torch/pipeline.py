@@ -271,7 +271,8 @@ def prune(
     try:
         score = batches = None
         if method == "search" or callable(fitness):
-            batches = list(eval_batches) if eval_batches is not None else calibration[: 2 if fidelity_tokens is None else None]
+            default = calibration[:2] if fidelity_tokens is None else calibration
+            batches = list(eval_batches) if eval_batches is not None else default
             sets = [batches] if fidelity_tokens is None else fidelity_token_sets(batches, fidelity_tokens)
             score = _applying(worker, [_measure(fitness, model, s, forward_fn, stage) for s in sets])
         label = {"search": "evolutionary search", "prior": "Fisher prior plan", "uniform": "uniform plan"}[method]
