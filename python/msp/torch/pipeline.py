@@ -191,8 +191,8 @@ def prune(
             problem (layers, levels, target, settings, Fisher traces, the pruner's statistics, the
             fitness's name and batches). When the file exists, the call resumes its search and
             gives the plan an uninterrupted call gives (a finished search's file gives its plan
-            again without evaluating anything); a file of another problem raises
-            ``msp.InvalidArgumentError``. A callable ``fitness`` is known by its name only: keep it
+            again without evaluating anything); a file of another problem, or a truncated or
+            corrupted one, raises ``msp.InvalidArgumentError``. A callable ``fitness`` is known by its name only: keep it
             the same function when resuming.
         fidelity_tokens: ``method="search"`` with ``fitness="kl"`` or ``"perplexity"`` only: None
             (every candidate scored on all of ``eval_batches``), or increasing token budgets,
