@@ -2,7 +2,7 @@
 
 A search file holds the native checkpoint (``msp_search_save``: the whole search state, with its
 own checks) and the Python side's description of it as JSON (sizes, level set, target, seed,
-settings, the history of best fitness)::
+settings, the history of best fitness, the caller's ``note``)::
 
     8 bytes   magic b"MSPYSRCH"
     4 bytes   format version (little-endian uint32), FORMAT_VERSION

@@ -89,6 +89,9 @@ class Search(NativeHandle):
     Attributes:
         fidelity: the fidelity level of the last batch asked (0 = cheapest; ``fidelity_levels - 1``
             is the full fidelity that counts as a plan's fitness).
+        note: any JSON-ready value the caller keeps with the search (None by default): :meth:`save`
+            writes it and :meth:`load` restores it, e.g. a description of the problem the fitness
+            belongs to, checked before resuming (``msp.torch.prune(checkpoint=...)`` does).
 
     The object owns its native handle: ``close()`` (or leaving a ``with`` block, or garbage
     collection) releases it; any later call raises ``msp.InvalidStateError``. Calls are serialised
@@ -127,7 +130,7 @@ class Search(NativeHandle):
 
     def _adopt(self, sizes: list[int], level_set: list[Level], target: float, settings: SearchSettings,
                params: dict, names: list[str] | None, history: Sequence[float] = (), generation: int = -1,
-               fidelity: int = 0, finished: bool = False) -> None:
+               fidelity: int = 0, finished: bool = False, note: Any = None) -> None:
         """Set up the Python side of the native search in ``self._handle``."""
         self._running = False
         self._error: BaseException | None = None
@@ -139,6 +142,7 @@ class Search(NativeHandle):
         self._generation = generation
         self._finished = finished  # the last ask returned no candidates
         self.fidelity = fidelity
+        self.note = note
         self._settings = settings
         self._sizes = list(sizes)
         self._level_set = list(level_set)
@@ -162,6 +166,7 @@ class Search(NativeHandle):
 
         Raises:
             OSError: the file cannot be written.
+            TypeError, ValueError: :attr:`note` is not JSON-ready (the file is left as it was).
             msp.InvalidStateError: the search is closed.
         """
         with self._lock:
@@ -175,6 +180,7 @@ class Search(NativeHandle):
                 "target": self._target, "settings": dataclasses.asdict(self._settings), "params": self._params,
                 "names": self._names, "history": [_checkpoint.encode_float(v) for v in self._history],
                 "generation": self._generation, "fidelity": self.fidelity, "finished": self._finished,
+                "note": self.note,
             }
             data = _checkpoint.pack(meta, native.raw[: size.value])
         _checkpoint.write_atomically(path, data)
@@ -201,7 +207,7 @@ class Search(NativeHandle):
             names = None if names is None else layer_names(names, len(table.sizes))
             history = [_checkpoint.decode_float(v, name, "history") for v in field("history", list)]
             state = dict(generation=field("generation", int), fidelity=field("fidelity", int),
-                         finished=field("finished", bool))
+                         finished=field("finished", bool), note=meta.get("note"))
             target, params = float(field("target", (int, float))), field("params", dict)
         except InvalidArgumentError:
             raise

@@ -348,6 +348,38 @@ def _readme_checkpoint(block, capsys):
     assert search.best.fitness <= namespace["my_loss"](exact)
 
 
+def _readme_prune_checkpoint(block, capsys):
+    from msp.torch import linear_layers
+    from msp.torch.staging import fidelity_token_sets
+    from torch_models import BlockLM
+
+    token_ids = _token_ids(rows=128)  # 128 x 10 tokens: 1,280, of which the budgets take 256 and 1,024
+    model = BlockLM(seed=7)
+    namespace, _ = _run_readme_block(block, {"model": model, "token_ids": token_ids}, capsys)
+    result = namespace["plan"]
+    assert abs(result.average_sparsity - 0.75) <= 0.001 + 1e-12
+    _assert_holds(linear_layers(model), result)
+    with msp.Search.load("prune.msps") as saved:
+        assert saved.done and saved.best == result and saved.settings.fidelity_levels == 2
+        assert saved.progress["cheap_evaluations"] > 0
+    # The same call on the same dense model resumes the finished search: besides the Fisher traces
+    # and Wanda's norms (what a prior plan runs), only the dense references of the two token sets
+    # run; no candidate is scored again.
+    calls = []
+
+    def counted(model):
+        model.lm_head.register_forward_hook(lambda *_: calls.append(1))
+        return model
+
+    msp.torch.prune(counted(BlockLM(seed=7)), token_ids[:128], target=0.75, method="prior", progress=False)
+    statistics, calls[:] = len(calls), []
+    namespace, _ = _run_readme_block(block, {"model": counted(BlockLM(seed=7)), "token_ids": token_ids}, capsys)
+    assert namespace["plan"] == result and namespace["plan"].history == result.history
+    sets = fidelity_token_sets(list(token_ids[:128].split(8)), (256, 1024))
+    assert [sum(b.numel() for b in s) for s in sets] == [260, 1030]  # whole rows of 10 tokens
+    assert len(calls) == statistics + sum(len(s) for s in sets)
+
+
 def _readme_packed(block, capsys):
     generator = torch.Generator().manual_seed(6)
     layer = torch.nn.Linear(256, 64).to(torch.bfloat16)
@@ -433,6 +465,7 @@ README_RUNNERS = {  # a line only that block has -> the test that runs it
     "model = nn.Sequential(": _readme_any_module,
     "while candidates := search.ask():": _readme_search,
     'resumed = msp.Search.load("search.msps")': _readme_checkpoint,
+    'checkpoint="prune.msps"': _readme_prune_checkpoint,
     "stored = msp.PackedNM(": _readme_packed,
     "acc = msp.GramAccumulator([64])": _readme_sparsegpt,
     "loaded = load_compressed(make_model,": _readme_compressed_model,

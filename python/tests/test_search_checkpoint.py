@@ -204,3 +204,25 @@ def test_closed_search_cannot_save(tmp_path):
     with pytest.raises(InvalidStateError):
         search.save(tmp_path / "x.msps")
     assert not (tmp_path / "x.msps").exists()
+
+
+def test_the_note_travels_with_the_file_and_must_be_json(tmp_path):
+    path = tmp_path / "noted.msp"
+    with make() as search:
+        assert search.note is None
+        search.note = {"problem": [1, 2.5, "x"], "ok": True}
+        search.save(path)
+        before = path.read_bytes()
+        search.note = {"problem": object()}
+        with pytest.raises(TypeError):
+            search.save(path)
+        search.note = {"bad": float("nan")}
+        with pytest.raises(ValueError):
+            search.save(path)
+    assert path.read_bytes() == before  # a failed save leaves the file as it was
+    with msp.Search.load(path) as loaded:
+        assert loaded.note == {"problem": [1, 2.5, "x"], "ok": True}
+    with make() as plain:
+        plain.save(path)
+    with msp.Search.load(path) as loaded:
+        assert loaded.note is None

@@ -18,6 +18,8 @@ concerns:
   (the cache of pruned weights: SparseGPT's search database, in memory and on disk);
 - ``msp.torch.pipeline``: ``prune``, the whole pipeline in one call (``msp.torch.sequential``: its
   block-by-block SparseGPT application, ``sequential=True``);
+- ``msp.torch.staging``: the search inside ``prune``: staged fidelity on token prefixes and
+  checkpoints that resume;
 - ``msp.torch.evaluation``: ``perplexity``, ``kl_to_dense``, ``reference_logits``, ``TopK``;
 - ``msp.torch.forward``: the device and forward utilities they share;
 - ``msp.torch.packed_linear``: ``PackedLinear``, a layer holding its N:M weight compressed;

@@ -11,6 +11,8 @@ applying the best plan.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable
@@ -22,6 +24,7 @@ from .._progress import Stage
 from ..levels import Level, as_level_set, nm_levels, ratio_levels
 from ..planner import plan as make_plan
 from ..plans import Plan
+from ..search import Search
 from ..search_settings import SearchSettings
 from .batches import calibration_batches
 from .calibration import fisher_traces
@@ -30,6 +33,7 @@ from .layers import block_groups, linear_layers
 from .pruner import Pruner
 from .records import check_pruner, prepare_layers
 from .sequential import apply_sequential
+from .staging import check_fidelity_tokens, fidelity_token_sets, open_search, problem_description, run_search
 
 __all__ = ["prune"]
 
@@ -96,12 +100,13 @@ def _measure(fitness: Any, model: nn.Module, batches: list, forward_fn: Any, sta
     return lambda: kl_to_dense(model, batches, reference, forward_fn=forward_fn)
 
 
-def _applying(worker: Pruner, measure: Callable[[], float]) -> Callable[[Plan], float]:
-    """The fitness of a candidate plan: apply it, then measure the model."""
+def _applying(worker: Pruner, measures: list[Callable[[], float]]) -> Callable[[Plan, int], float]:
+    """The fitness of a candidate plan at a fidelity level: apply it, then measure the model (on the
+    level's tokens; the last measure serves every higher level)."""
 
-    def score(candidate: Plan) -> float:
+    def score(candidate: Plan, fidelity: int) -> float:
         worker.apply(candidate)
-        return measure()
+        return measures[min(fidelity, len(measures) - 1)]()
 
     return score
 
@@ -131,6 +136,9 @@ def prune(
     dense_copies: str = "device",
     progress: bool = True,
     search: Mapping[str, Any] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    fidelity_tokens: Sequence[int] | None = None,
+    proxy_costs: Any = None,
     **overrides: Any,
 ) -> Plan:
     """Plan a mixed sparsity for ``model`` and leave the model pruned with it: the common case in one call.
@@ -164,7 +172,8 @@ def prune(
             ``fitness(model) -> float`` called with the candidate plan applied to ``model``
             (lower is better).
         eval_batches: the batches ``"kl"``/``"perplexity"`` are computed on; default: the first
-            two calibration batches (keep it small: it runs once per candidate).
+            two calibration batches (keep it small: it runs once per candidate), or with
+            ``fidelity_tokens`` all calibration batches (of which the budgets take prefixes).
         method: the planning method: ``"search"``, ``"prior"`` (the Fisher prior alone) or
             ``"uniform"``.
         levels: an explicit level set (least sparse first), instead of ``structure``.
@@ -192,6 +201,25 @@ def prune(
         progress: report every step on stderr (and progress bars).
         search: deprecated: a mapping of search settings (``DeprecationWarning``); pass them as
             keywords or ``settings=`` instead.
+        checkpoint: ``method="search"`` only: None, or a file path. The search is saved there
+            (atomically) after every batch of candidates it is told, with a description of its
+            problem (layers, levels, target, settings, Fisher traces, the pruner's statistics, the
+            fitness's name and batches). When the file exists, the call resumes its search and
+            gives the plan an uninterrupted call gives (a finished search's file gives its plan
+            again without evaluating anything); a file of another problem, or a truncated or
+            corrupted one, raises ``msp.InvalidArgumentError``. A callable ``fitness`` is known by its name only: keep it
+            the same function when resuming.
+        fidelity_tokens: ``method="search"`` with ``fitness="kl"`` or ``"perplexity"`` only: None
+            (every candidate scored on all of ``eval_batches``), or increasing token budgets,
+            e.g. ``(256, 1024)``: staged fidelity, where every candidate of a generation is scored
+            on the first 256 tokens of the fitness batches and only the best ``fidelity_keep``
+            (a setting, default 0.25) again on the first 1024, whose values are the plans'
+            fitness (sets ``fidelity_levels`` to the number of budgets). Batches are token ids
+            ``[B, T]`` or dicts with ``input_ids``; a budget takes whole batches, then the leading
+            rows of the next. Off by default: on the demo model it did not beat single fidelity
+            at the same cost (README, "Search quality on the demo model").
+        proxy_costs: ``method="search"`` only: additive cost tables that should track the fitness,
+            as for :func:`msp.plan` (``[num_layers, num_levels]``, or a sequence of them).
         **overrides: fields of :class:`msp.SearchSettings` (``generations=10``, ``seed=3``, ...)
             replacing those of ``settings``.
 
@@ -220,6 +248,19 @@ def prune(
     if search is not None:
         deprecated("prune(search={...})", "prune(..., settings=msp.SearchSettings(...)) or the settings as keywords")
     settings = _search_settings(settings, search, overrides)
+    if checkpoint is not None:
+        os.fspath(checkpoint)  # TypeError for what is not a path, before any work
+    if method != "search" and (checkpoint is not None or fidelity_tokens is not None or proxy_costs is not None):
+        raise ValueError("checkpoint, fidelity_tokens and proxy_costs are for method='search'")
+    if fidelity_tokens is not None:
+        fidelity_tokens = check_fidelity_tokens(fidelity_tokens)
+        if callable(fitness):
+            raise ValueError("fidelity_tokens needs fitness='kl' or 'perplexity' (a callable fitness(model) sees no "
+                             "tokens; give it a fidelity parameter through msp.Search instead)")
+        if settings.fidelity_levels not in (1, len(fidelity_tokens)):
+            raise ValueError(f"fidelity_levels={settings.fidelity_levels} does not match the "
+                             f"{len(fidelity_tokens)} fidelity_tokens budgets")
+        settings = dataclasses.replace(settings, fidelity_levels=len(fidelity_tokens))
     level_set = as_level_set(levels) if levels is not None else _levels_for(structure, target)
     calibration = list(calibration_batches(calibration))
     if not calibration:
@@ -250,16 +291,29 @@ def prune(
     given = {criterion.statistic: statistics[criterion.statistic]} if criterion.statistic else {}
     worker = Pruner(layers, pruner, kernels=kernels, dense_copies=dense_copies, **given)
     try:
-        score = None
+        score = batches = None
         if method == "search" or callable(fitness):
-            batches = list(eval_batches) if eval_batches is not None else calibration[:2]
-            score = _applying(worker, _measure(fitness, model, batches, forward_fn, stage))
+            default = calibration[:2] if fidelity_tokens is None else calibration
+            batches = list(eval_batches) if eval_batches is not None else default
+            sets = [batches] if fidelity_tokens is None else fidelity_token_sets(batches, fidelity_tokens)
+            score = _applying(worker, [_measure(fitness, model, s, forward_fn, stage) for s in sets])
         label = {"search": "evolutionary search", "prior": "Fisher prior plan", "uniform": "uniform plan"}[method]
         with stage(f"{label} at {target:.1%} average sparsity over {len(level_set)} levels"):
-            result = make_plan(
-                worker.sizes, target, level_set, sensitivity=sensitivity, fitness=score, groups=groups,
-                max_level=max_level, method=method, settings=settings, progress=progress, names=names,
-            )
+            if method == "search":
+                description = None if checkpoint is None else problem_description(
+                    names=names, sizes=worker.sizes, target=target, levels=level_set, groups=groups,
+                    max_level=max_level, settings=settings, sensitivity=sensitivity, pruner=criterion.name,
+                    statistic=given.get(criterion.statistic), fitness=fitness, eval_batches=batches,
+                    fidelity_tokens=fidelity_tokens, proxy_costs=proxy_costs)
+                with open_search(checkpoint, description, lambda: Search(
+                        worker.sizes, target, level_set, sensitivity, groups, max_level=max_level,
+                        settings=settings, names=names, proxy_costs=proxy_costs)) as searching:
+                    result = run_search(searching, score, checkpoint, progress)
+            else:
+                result = make_plan(
+                    worker.sizes, target, level_set, sensitivity=sensitivity, fitness=score, groups=groups,
+                    max_level=max_level, method=method, settings=settings, progress=progress, names=names,
+                )
         if sequential:
             with stage("applying the plan block by block on the pruned model's activations"):
                 worker.restore()
