@@ -205,7 +205,7 @@ def test_staged_fidelity_and_checkpoint_arguments_are_checked_before_the_model_i
         (dict(fidelity_tokens=(10,), fitness=lambda m: 1.0), ValueError, "fidelity_tokens needs"),
         (dict(fidelity_tokens=(10,), method="prior"), ValueError, "method='search'"),
         (dict(checkpoint=tmp_path / "x.msp", method="uniform"), ValueError, "method='search'"),
-        (dict(checkpoint=3.5), TypeError, ""),
+        (dict(checkpoint=3.5), TypeError, "PathLike"),
         (dict(fidelity_tokens=(10, 1000)), ValueError, "hold 40"),
     ]
     for change, error, message in bad:
