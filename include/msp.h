@@ -148,8 +148,8 @@ typedef struct msp_limits {
 /*
  * Fills *out with the limits this library enforces (the macros of the header it was built with).
  *
- *   out  out->struct_size must be set first, to sizeof(msp_limits); the size of an older header's
- *        msp_limits (at least sizeof(uint32_t)) gets only the fields that header declares.
+ *   out  out->struct_size must be set first, to sizeof(msp_limits); a struct_size from an older
+ *        header, at least sizeof(uint32_t), gets only the fields that header declares.
  *
  * Reentrant. Returns MSP_OK; MSP_ERR_INVALID_ARGUMENT (NULL, struct_size smaller than
  * sizeof(uint32_t) or larger than this library's msp_limits; *out unchanged).

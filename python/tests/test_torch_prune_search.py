@@ -234,3 +234,29 @@ def test_proxy_costs_reach_the_search():
     seen.clear()
     pruned(problem()[0], data, sensitivity, norms, fitness=fitness, generations=1)
     assert tuple(optimum.sparsity) in with_proxy and tuple(optimum.sparsity) not in seen
+
+
+def test_a_sparsegpt_checkpoint_is_tied_to_its_gram_matrices(tmp_path):
+    from msp.torch import gram_matrices
+
+    data = block_batches(3)
+    model, sensitivity, _ = problem()
+    layers = linear_layers(model)
+    grams = gram_matrices(model, layers, data)
+    path = tmp_path / "search.msp"
+    first = pruned(model, data, sensitivity, None, pruner="sparsegpt", grams=grams, checkpoint=path)
+    # The same problem resumes from the finished search: its plan, with no candidate scored again.
+    model, _, _ = problem()
+    counter = Interrupt(model)
+    try:
+        same_plan(pruned(model, data, sensitivity, None, pruner="sparsegpt", grams=grams, checkpoint=path), first)
+    finally:
+        counter.close()
+    assert counter.calls == 2  # the dense model's reference logits on the two fitness batches only
+    # Gram matrices of other calibration data make another problem.
+    model, _, _ = problem()
+    dense = snapshot(model)
+    other = gram_matrices(model, linear_layers(model), block_batches(3, seed=8))
+    with pytest.raises(InvalidArgumentError, match="another problem .*statistic"):
+        pruned(model, data, sensitivity, None, pruner="sparsegpt", grams=other, checkpoint=path)
+    assert_same(model, dense)
