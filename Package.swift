@@ -21,7 +21,7 @@ let package = Package(
         // header is also the single source of the limit and version macros (MSP_MAX_M, ...), so the
         // core depends on it for those constants only (header-only: nothing is linked).
         .systemLibrary(name: "CMSPHeader"),
-        // Software prefetch hints for the streaming kernels (header-only).
+        // CPU hints (header-only): software prefetch for the streaming kernels, the spin-wait pause.
         .systemLibrary(name: "CMSPPrefetch"),
         // The instruction-set-specific row kernels of msp_nm_linear, chosen at run time.
         .target(name: "CMSPKernels"),

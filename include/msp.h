@@ -110,6 +110,13 @@ typedef int32_t msp_dtype;
  * Sets how many threads the kernels may use: n >= 1, or 0 for one per available core (the
  * default). Results never depend on this setting. Process-wide; safe to call from any thread.
  * Returns MSP_OK, or MSP_ERR_INVALID_ARGUMENT for n < 0.
+ *
+ * The calling thread takes part in every kernel call. The library starts its worker threads (at
+ * most one per further core) on first use and keeps them for the life of the process; after a
+ * call a worker spins for up to 2 ms, then sleeps, so that calls in quick succession (the layers
+ * of a decoding step) find it awake. A call made while another is running its threads (from a
+ * second application thread) runs on libdispatch's threads instead. A forked child starts its own
+ * workers.
  */
 msp_status msp_set_num_threads(int32_t n);
 

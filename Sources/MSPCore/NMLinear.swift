@@ -21,6 +21,8 @@ public enum NMLinear {
     /// Weights per thread at least: smaller matrices (576x1536 included) stay on one thread, where
     /// a second one measured no faster (tens of microseconds of work).
     static let minimumWeightsPerThread = 1 << 20
+    /// Chunks of rows per thread of one product.
+    static let chunksPerThread = 4
 
     /// Computes `y[t][r] = Σ_c W[r][c] · x[t][c]` for every token `t < batch` and row `r`.
     /// - Parameters:
@@ -76,7 +78,10 @@ public enum NMLinear {
         // kernels and group sizes have each block checked first.
         let counts = isa == .avx512 && checkIndex ? layout.wordCounts : nil
         let checkFirst = checkIndex && counts == nil
-        _ = try Threads.map(layout.rows, minimumPerThread: perThread) { rows in
+        // Several chunks per thread: a thread that starts late or is preempted leaves its chunks to
+        // the others (the worker pool hands chunks out one at a time).
+        let chunks = Threads.chunks(layout.rows, minimumPerThread: perThread, threads: chunksPerThread * Threads.count)
+        _ = try Threads.map(chunks) { _, rows in
             try withScratch(Float.self, scratchCount) { scratch in
                 var job = mspk_nm_rows(
                     values: nil, index: nil, values_end: values + layout.valuesBytes, rows: 0,

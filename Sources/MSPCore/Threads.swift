@@ -45,10 +45,10 @@ public enum Threads {
         results.initialize(repeating: .failure(MSPError.invalidState("chunk did not run")))
         defer { results.deinitialize().deallocate() }
         withoutActuallyEscaping(body) { body in
-            // Each thread writes only its own slot, and concurrentPerform returns after all of them.
-            let job = UncheckedSendable(value: (body, results))
-            DispatchQueue.concurrentPerform(iterations: chunks.count) { t in
-                job.value.1[t] = Result { try job.value.0(t, chunks[t]) }
+            // Each thread writes only its own slot, and both runners return after all of them.
+            let chunk = UncheckedSendable(value: { (t: Int) in results[t] = Result { try body(t, chunks[t]) } })
+            if !WorkerPool.shared().run(chunks.count, chunk.value) {
+                DispatchQueue.concurrentPerform(iterations: chunks.count) { chunk.value($0) }
             }
         }
         return try results.map { try $0.get() }
@@ -64,7 +64,7 @@ public enum Threads {
     }
 }
 
-/// Carries non-Sendable values into `concurrentPerform`, whose threads use them without races.
+/// Carries non-Sendable values into the chunk runners, whose threads use them without races.
 private struct UncheckedSendable<T>: @unchecked Sendable {
     let value: T
 }

@@ -12,6 +12,8 @@ class); a ``Search`` serialises its calls with a lock, so ``close()`` from anoth
 """
 
 import math
+import os
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -135,6 +137,38 @@ def run_concurrently(jobs, threads=THREADS, barrier=True):
 
     with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(call, enumerate(jobs)))
+
+
+# --- fork --------------------------------------------------------------------------------------------
+
+
+def test_a_forked_child_runs_kernels_without_the_parents_worker_threads():
+    """A child forked after kernels ran on the library's worker threads (which it does not inherit)
+    runs multi-threaded kernels itself, with the numpy reference's result, instead of waiting forever."""
+    msp.set_num_threads(2)
+    w = np.abs(np.random.default_rng(5).standard_normal((4096, 512)).astype(np.float32))  # scores; several row chunks
+    groups = w.reshape(-1, 8)
+    reference = np.zeros_like(groups, dtype=bool)
+    np.put_along_axis(reference, np.argsort(-groups, axis=1, kind="stable")[:, :2], True, axis=1)
+    reference = reference.reshape(w.shape)
+    for _ in range(20):  # the parent's workers exist and have run chunks
+        assert np.array_equal(as_numpy(msp.nm_mask(w, 2, 8)), reference)
+    pid = os.fork()
+    if pid == 0:  # the child: report by exit status only
+        code = 3
+        try:
+            code = 0 if all(np.array_equal(as_numpy(msp.nm_mask(w, 2, 8)), reference) for _ in range(20)) else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 120
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's kernel call did not return")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    msp.set_num_threads(0)
 
 
 # --- the GIL ----------------------------------------------------------------------------------------
