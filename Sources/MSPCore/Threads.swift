@@ -36,7 +36,7 @@ public enum Threads {
         return (0..<parts).map { start($0)..<start($0 + 1) }
     }
 
-    /// Runs `body(index, chunk)` for every chunk, one thread each.
+    /// Runs `body(index, chunk)` for every chunk, on at most `Threads.count` threads.
     /// - Returns: the results in chunk order.
     /// - Throws: the error of the first chunk, in chunk order, that threw.
     static func map<R>(_ chunks: [Range<Int>], _ body: (Int, Range<Int>) throws -> R) throws -> [R] {
@@ -48,7 +48,10 @@ public enum Threads {
             // Each thread writes only its own slot, and both runners return after all of them.
             let chunk = UncheckedSendable(value: { (t: Int) in results[t] = Result { try body(t, chunks[t]) } })
             if !WorkerPool.shared().run(chunks.count, chunk.value) {
-                DispatchQueue.concurrentPerform(iterations: chunks.count) { chunk.value($0) }
+                let lanes = min(chunks.count, Threads.count)
+                DispatchQueue.concurrentPerform(iterations: lanes) { lane in
+                    for t in stride(from: lane, to: chunks.count, by: lanes) { chunk.value(t) }
+                }
             }
         }
         return try results.map { try $0.get() }

@@ -8,10 +8,11 @@ import Synchronization
 #endif
 
 /// Persistent worker threads for `Threads.map`. A call publishes its job and takes part in it: the
-/// caller and up to one worker per further available core take the job's chunks one at a time from a
-/// shared counter until none is left. A worker joins a job only while the job is open, and the caller
-/// closes it once every chunk is taken, so a worker that is slow to wake costs nothing (the caller and
-/// the others run its share) and a job of more chunks than cores never runs more threads than cores.
+/// caller and up to one worker per further thread allowed (`Threads.count`, at most one per core)
+/// take the job's chunks one at a time from a shared counter until none is left. A worker joins a
+/// job only while the job is open, and the caller closes it once every chunk is taken, so a worker
+/// that is slow to wake costs nothing (the caller and the others run its share), and a job of more
+/// chunks than threads never runs more threads than allowed.
 ///
 /// Waking a parked thread costs up to a few hundred microseconds on a virtual machine, as much as a
 /// whole memory-bound product of a 4096 x 4096 N:M matrix. So a worker that has finished a job spins
@@ -78,7 +79,7 @@ final class WorkerPool: @unchecked Sendable {
             busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
         else { return false }
         defer { busy.store(false, ordering: .releasing) }
-        let helpers = min(count, Threads.available) - 1
+        let helpers = min(count, Threads.count, Threads.available) - 1
         while workers < helpers {
             guard spawn(worker: workers + 1) else { return false }
             workers += 1

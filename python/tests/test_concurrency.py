@@ -14,6 +14,8 @@ class); a ``Search`` serialises its calls with a lock, so ``close()`` from anoth
 import math
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -169,6 +171,35 @@ def test_a_forked_child_runs_kernels_without_the_parents_worker_threads():
         pytest.fail("the forked child's kernel call did not return")
     assert os.waitstatus_to_exitcode(done[1]) == 0
     msp.set_num_threads(0)
+
+
+def test_kernels_start_no_thread_at_one_thread_and_one_worker_at_two():
+    """``set_num_threads(1)`` keeps every kernel on the calling thread, also the N:M product that
+    splits its rows into several chunks per thread; at 2 threads the library starts one worker (on a
+    machine with 2 cores or more). Counted in a fresh process, from /proc/self/task."""
+    script = """
+import os, sys, numpy as np, msp
+threads = lambda: len(os.listdir("/proc/self/task"))
+msp.set_num_threads(1)
+w = np.abs(np.random.default_rng(1).standard_normal((4096, 1024)).astype(np.float32))
+packed = msp.nm_pack(w, "2:8")
+x = np.ones((1, 1024), np.float32)
+before = threads()
+for _ in range(5):
+    msp.nm_mask(w, 2, 8); msp.nm_linear(x, packed); msp.prune_topk_(w.copy(), 0.5, "row")
+one = threads()
+msp.set_num_threads(2)
+for _ in range(5):
+    msp.nm_mask(w, 2, 8); msp.nm_linear(x, packed)
+print(before, one, threads(), os.cpu_count())
+"""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    before, one, two, cores = map(int, result.stdout.split())
+    assert one == before, f"kernels at 1 thread started {one - before} thread(s)"
+    if cores >= 2:
+        assert two == before + 1, f"kernels at 2 threads started {two - before} thread(s), not 1"
 
 
 # --- the GIL ----------------------------------------------------------------------------------------
