@@ -68,7 +68,8 @@ search-bench: lib
 	$(PYTHON) examples/search_bench.py
 
 # The search-quality record on the demo model (Wanda, 70% / 75% N:8-mix, 3 seeds, 40/80/160
-# evaluations, previous vs current settings; about an hour of one core): out/search_quality.jsonl.
+# evaluations, previous vs current settings, fitness on 8 x 128 tokens; several hours of one
+# core): out/search_quality.jsonl.
 search-quality: deps lib
 	$(PYTHON) examples/search_quality.py
 

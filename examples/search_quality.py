@@ -7,7 +7,16 @@ fitness evaluations over 3 calibration seeds.
 
 SmolLM2-135M-Instruct (loaded as ``examples/demo.py`` does), Wanda, two targets: 70 % unstructured
 (levels 40 % .. 90 %) and 75 % N:8-mixed (8:8 .. 1:8), the demo's search (8 offspring, 4 survivors,
-the grid of Fisher priors first) with fitness = KL to the dense model on 2 x 128 calibration tokens.
+the grid of Fisher priors first) with fitness = KL to the dense model on 8 x 128 calibration tokens.
+Two options change the problem (each file holds one setting of them: a rerun with other settings
+into the same ``--out`` is refused, so rows never mix):
+
+- ``--levels wide``: the unstructured target's levels 0 % .. 95 % in 5 % steps (``msp.torch.prune``'s
+  default for ``"unstructured"``, which at a 70 % target adds no level) instead of the demo's
+  40 % .. 90 % (``demo``); the N:8 target keeps 8:8 .. 1:8;
+- ``--fitness-tokens T``: the fitness KL on T calibration tokens (a multiple of 128; default 1024:
+  measured against the demo's 256, it gave the lower held-out perplexity at 40 and 80 evaluations on
+  both targets, for about 3.6 times the seconds per search).
 Calibration seed s draws the 16 x 128 Fisher/Wanda tokens (text seed 2s), the fitness tokens (text
 seed 2s + 1) and seeds the search with s. The held-out perplexity is the demo's: 16 x 128 tokens of
 news text disjoint from the calibration text.
@@ -23,7 +32,7 @@ partial run is usable and an interrupted one resumes):
   norms as column scales) times its Fisher trace per parameter;
 - ``staged``: the defaults with two fidelity levels, 128 fitness tokens for every offspring and the
   best quarter re-scored on 512 (``fidelity_levels=2, fidelity_keep=0.25``), given the same forward
-  tokens as 80 single-fidelity evaluations on 256 (20,480 tokens; the measured seconds are
+  tokens as 80 single-fidelity evaluations on ``--fitness-tokens`` (the measured seconds are
   recorded too).
 
 The budgets are prefixes of one run (``generations`` is only a stopping rule, so a run capped at B
@@ -56,7 +65,9 @@ VARIANTS = {
 }
 FIXED = ("uniform", "prior")  # plans without a search (budget 0 in the file)
 SEARCH = dict(generations=1000, offspring=8, survivors=4)  # generations: a bound never reached here
-FITNESS_TOKENS = 256  # 2 x 128, the demo's
+FITNESS_TOKENS = 1024  # 8 x 128 (the demo's search uses 2 x 128)
+LEGACY = dict(levels="demo", fitness_tokens=256)  # the settings of rows that do not name theirs
+LEVEL_SETS = ("demo", "wide")
 STAGED_TOKENS = (128, 512)  # cheap, full
 SEQ = 128
 
@@ -68,7 +79,7 @@ def log(message: str) -> None:
 class Seeded:
     """Everything of one calibration seed: traces, norms, pruner, fitness tokens and references."""
 
-    def __init__(self, model, tokenizer, texts, layers, seed: int) -> None:
+    def __init__(self, model, tokenizer, texts, layers, seed: int, fitness_tokens: int) -> None:
         from msp.torch import activation_norms, fisher_traces, reference_logits
 
         calibration_text, _ = texts
@@ -81,7 +92,7 @@ class Seeded:
         self.norms = activation_norms(model, layers, calibration)
         self.pruner = None
         # The full fitness tokens; the single-fidelity fitness and the cheap level use a prefix.
-        count = STAGED_TOKENS[-1] // SEQ
+        count = max(STAGED_TOKENS[-1], fitness_tokens) // SEQ
         self.batches = real_model.token_batches(tokenizer, calibration_text, count, SEQ, 2 * seed + 1)
         self.reference = reference_logits(model, self.batches)
         self.tokens = 0  # forward tokens of every fitness evaluation so far
@@ -121,6 +132,15 @@ class Seeded:
         return np.stack(rows)
 
 
+def level_set(kind: str, name: str):
+    """The levels of a target: the demo's, or with ``name == "wide"`` 0 % .. 95 % for unstructured."""
+    import msp
+
+    if kind == "ratio" and name == "wide":
+        return msp.ratio_levels([round(0.05 * k, 2) for k in range(20)])
+    return demo.level_set(kind)
+
+
 def held_out(seeded: Seeded, evaluation, plan) -> float:
     from msp.torch import perplexity
 
@@ -132,7 +152,7 @@ def search_phase(args, record, seeded: Seeded, evaluation, key, target, kind, va
     """One search of ``variant`` (to 80 evaluations, or from its checkpoint on to 160)."""
     import msp
 
-    levels = demo.level_set(kind)
+    levels = level_set(kind, args.levels)
     checkpoint = Path(args.out) / "search_quality_checkpoints" / f"{variant}_{key}_seed{seeded.seed}.msp"
     budgets = (160,) if extend else (40, 80)
     staged = variant == "staged"
@@ -155,8 +175,8 @@ def search_phase(args, record, seeded: Seeded, evaluation, key, target, kind, va
                             seed=seeded.seed, **SEARCH, **VARIANTS[variant])
         seeded.tokens = 0
         seconds = 0.0
-    full = STAGED_TOKENS[-1] if staged else FITNESS_TOKENS
-    token_budget = 80 * FITNESS_TOKENS
+    full = STAGED_TOKENS[-1] if staged else args.fitness_tokens
+    token_budget = 80 * args.fitness_tokens
     with search:
         best = search.best
         history = []
@@ -195,12 +215,22 @@ def search_phase(args, record, seeded: Seeded, evaluation, key, target, kind, va
 
 
 class Record:
-    """The JSON lines file: what is measured, appended as it comes."""
+    """The JSON lines file: what is measured, appended as it comes, every row with the problem's
+    settings (rows written before the settings were options hold none: the demo's levels, 256 tokens)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, levels: str = "demo", fitness_tokens: int = FITNESS_TOKENS) -> None:
         self.path = path
+        self.settings = dict(levels=levels, fitness_tokens=fitness_tokens)
         lines = path.read_text().splitlines() if path.is_file() else []
         self.rows = [json.loads(line) for line in lines if line.strip()]
+
+    def check(self) -> None:
+        """Refuse a file that holds rows of other settings (levels or fitness tokens)."""
+        for row in self.rows:
+            held = {key: row.get(key, value) for key, value in LEGACY.items()}
+            if held != self.settings:
+                raise SystemExit(f"{self.path} holds rows measured with {held}, not {self.settings}: "
+                                 "give another --out")
 
     def has(self, seed, key, variant, budget) -> bool:
         wanted = (seed, key, variant, budget)
@@ -209,7 +239,7 @@ class Record:
     def add(self, seed, key, variant, budget, ppl, plan, tokens, seconds, **extra) -> None:
         row = dict(seed=seed, target=key, variant=variant, budget=budget, ppl=ppl, tokens=tokens,
                    seconds=round(seconds, 2), fitness=getattr(plan, "fitness", None),
-                   sparsity=plan.sparsity if hasattr(plan, "sparsity") else None, **extra)
+                   sparsity=plan.sparsity if hasattr(plan, "sparsity") else None, **self.settings, **extra)
         self.rows.append(row)
         with self.path.open("a") as file:
             file.write(json.dumps(row) + "\n")
@@ -256,16 +286,23 @@ def main(argv=None) -> int:
     parser.add_argument("--phases", default="prior,previous,current,staged,previous-160,current-160",
                         help="variants in order: previous, current, proxy, staged; '<variant>-160' goes on to 160; "
                              "prior: the Fisher prior's plan (msp.plan(method='prior'))")
+    parser.add_argument("--levels", choices=LEVEL_SETS, default="demo",
+                        help="unstructured levels: demo (40%% .. 90%%) or wide (0%% .. 95%%), 5%% steps")
+    parser.add_argument("--fitness-tokens", type=int, default=FITNESS_TOKENS,
+                        help=f"calibration tokens of the fitness KL, a multiple of {SEQ} (default {FITNESS_TOKENS})")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table", action="store_true", help="print the table of what the file holds and stop")
     parser.add_argument("--markdown", action="store_true", help="with --table: a Markdown table with every seed")
     args = parser.parse_args(argv)
+    if args.fitness_tokens < SEQ or args.fitness_tokens % SEQ:
+        parser.error(f"--fitness-tokens must be a positive multiple of {SEQ}, got {args.fitness_tokens}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    record = Record(out / "search_quality.jsonl")
+    record = Record(out / "search_quality.jsonl", args.levels, args.fitness_tokens)
     if args.table:
         print(table(record, args.markdown))
         return 0
+    record.check()
     real_model.ensure_installed()
     import msp
 
@@ -284,7 +321,7 @@ def main(argv=None) -> int:
     def seeded_for(seed: int) -> Seeded:
         if seed not in cache:
             log(f"seed {seed}: Fisher traces, norms, references")
-            cache[seed] = Seeded(model, tokenizer, texts, layers, seed)
+            cache[seed] = Seeded(model, tokenizer, texts, layers, seed, args.fitness_tokens)
         return cache[seed].open()
 
     fixed = ("uniform",) + (("prior",) if "prior" in args.phases.split(",") else ())
@@ -295,7 +332,7 @@ def main(argv=None) -> int:
         for key, _, target, kind in targets:
             for method in fixed:
                 if not record.has(seed, key, method, 0):
-                    plan = msp.plan(seeded.pruner.sizes, target, demo.level_set(kind), seeded.sensitivity,
+                    plan = msp.plan(seeded.pruner.sizes, target, level_set(kind, args.levels), seeded.sensitivity,
                                     method=method)
                     record.add(seed, key, method, 0, held_out(seeded, evaluation, plan), plan, 0, 0.0)
         seeded.close()
