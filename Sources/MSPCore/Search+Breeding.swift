@@ -4,7 +4,7 @@
 extension Search {
     /// Up to `count` feasible plans never proposed before, bred from the population: a parent by
     /// tournament, crossover with a second parent (uniform per unit) at `crossoverRate`, mutation,
-    /// then a budget repair.
+    /// then a budget repair (a child the repair's budget grid cannot place is dropped).
     func breed(_ count: Int) throws -> [[Int]] {
         guard !state.population.isEmpty else { return [] }
         var children: [[Int]] = []
@@ -17,7 +17,11 @@ extension Search {
                 for u in child.indices where state.rng.next() & 1 == 1 { child[u] = other[u] }
             }
             let moved = mutate(&child)
-            child = try repair(child, keeping: moved)
+            do {
+                child = try repair(child, keeping: moved)
+            } catch MSPError.infeasible {
+                continue  // the budget grid's rare miss (as in surrogateCandidates): another child takes its place
+            }
             if state.proposed.insert(Self.key(child)).inserted { children.append(child) }
         }
         return children
