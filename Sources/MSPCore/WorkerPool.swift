@@ -14,8 +14,9 @@ import Synchronization
 /// that is slow to wake costs nothing (the caller and the others run its share), and a job of more
 /// chunks than threads never runs more threads than allowed.
 ///
-/// Waking a parked thread costs up to a few hundred microseconds on a virtual machine, as much as a
-/// whole memory-bound product of a 4096 x 4096 N:M matrix. So a worker that has finished a job spins
+/// Waking a parked thread can take as long as a whole memory-bound product of a 4096 x 4096 N:M
+/// matrix: on a 2-core VM, Dispatch's parked threads left the median of that product up to twice its
+/// best time. So a worker that has finished a job spins
 /// for `spinNanoseconds` (first with a pause hint, then yielding its core) before it parks on a
 /// condition variable: calls that follow each other closely, as the layers of a decoding step do,
 /// find it awake. One job runs at a time; a caller that finds the pool busy (a nested or concurrent
